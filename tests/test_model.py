@@ -220,3 +220,30 @@ def test_tiny_overfit_learns():
             _, loss = m(x[:, :-1], x[:, 1:])
             opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
         assert losses[-1] < 0.6 * losses[0], (attn, losses[0], losses[-1])
+
+
+def test_ra_model_is_standard_model_at_swapped_init():
+    """Same losses step for step (float64) and the same captured maps; no such twin under MLA."""
+    from fim_attention.model import ra_as_standard
+    torch.manual_seed(0)
+    ra = GPT(GPTConfig(attn="ra", ra_pattern="early", **SMALL)).double()
+    twin = ra_as_standard(ra)
+    assert twin.config.attn == "standard" and twin.reversed_layers == []
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1) for m in (ra, twin)]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        xb = torch.randint(0, 256, (2, 25), generator=g)
+        losses = []
+        for m, opt in zip((ra, twin), opts):
+            _, loss = m(xb[:, :-1], xb[:, 1:])
+            opt.zero_grad(); loss.backward(); opt.step(); losses.append(loss.item())
+        assert abs(losses[0] - losses[1]) < 1e-12
+    x = ids()
+    for a, b in zip(ra(x, capture=True)[2], twin(x, capture=True)[2]):
+        assert (a - b).abs().max() < 1e-12
+    # without the swap the standard model is a different function
+    plain = GPT(GPTConfig(attn="standard", **SMALL)).double()
+    plain.load_state_dict(ra.state_dict())
+    assert (plain(x)[0] - ra(x)[0]).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="MLA"):
+        ra_as_standard(GPT(GPTConfig(attn="ra_mla", **SMALL)))
