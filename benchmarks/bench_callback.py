@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Cost of the FisherMetricsCallback against training, on the default model and config.
+
+Two figures, both measured in one process with the two arms interleaved (medians):
+
+1. **one full-coverage measurement vs one training step**: the callback's `measure` (every query
+   row of every head of every layer of its fixed batch, per-query metrics, plus the mean FIM of
+   `fim_rows` sampled rows per head) against one optimiser step at the default batch size;
+2. **overhead at the default cadence**: two trainers with the same config, one with the callback
+   (every `fim_interval` steps) and one without, advanced in alternating chunks of
+   `fim_interval` steps; overhead = (time with - time without) / time without. Both arms do
+   identical training work (the callback does not touch the training RNG stream).
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_callback.py             # defaults
+    python benchmarks/bench_callback.py --chunks 6 --device cuda      # more chunks, on a GPU
+"""
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from fim_attention.data import load_corpus
+from fim_attention.training import FisherMetricsCallback, TrainConfig, Trainer
+
+
+def sync(dev):
+    if dev.type == "cuda": torch.cuda.synchronize(dev)
+
+
+def timed(fn, dev):
+    sync(dev)
+    t = time.perf_counter()
+    fn()
+    sync(dev)
+    return time.perf_counter() - t
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=7, help="interleaved repetitions for figure 1")
+    ap.add_argument("--chunks", type=int, default=3, help="chunks of fim_interval steps per arm for figure 2")
+    ap.add_argument("--fim_interval", type=int, default=TrainConfig.fim_interval)
+    ap.add_argument("--batch_size", type=int, default=TrainConfig.batch_size)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    args = ap.parse_args(argv)
+    if args.threads: torch.set_num_threads(args.threads)
+
+    out = tempfile.mkdtemp(prefix="bench_callback_")
+    base = dict(batch_size=args.batch_size, fim_interval=args.fim_interval, eval_interval=0, ckpt_interval=0,
+                log_interval=args.fim_interval, progress=False, tensorboard=False, device=args.device,
+                max_steps=10**9, warmup_steps=100)
+    corpus = load_corpus(block_size=TrainConfig().model.block_size)
+    with_cb = Trainer(TrainConfig(**base, out_dir=out + "/with"), corpus=corpus)
+    without = Trainer(TrainConfig(**{**base, "fim_interval": 0}, out_dir=out + "/without"), corpus=corpus)
+    cb = next(c for c in with_cb.callbacks if isinstance(c, FisherMetricsCallback))
+    cb.set_batch(corpus.val, with_cb.cfg.model.block_size)
+    dev, cfg = with_cb.device, with_cb.cfg
+    n_rows = cfg.model.n_layer * cfg.model.n_head * cfg.fim_batch_size * cfg.model.block_size
+    print(f"device {dev}, torch threads {torch.get_num_threads()}, model {cfg.model.n_layer}L x {cfg.model.n_head}H, "
+          f"d={cfg.model.n_embd}, T={cfg.model.block_size}, batch {cfg.batch_size}; callback batch {cfg.fim_batch_size} "
+          f"sequences = {n_rows} query rows, mean FIM of {cfg.fim_rows} rows per head")
+
+    # warm-up (allocator, first-call dispatch)
+    for _ in range(2):
+        without.train_step(); with_cb.train_step()
+    cb.measure(with_cb.raw_model, 0)
+
+    # 1. one measurement vs one training step, interleaved
+    step_t, cb_t, q_t, m_t = [], [], [], []
+    query_only = FisherMetricsCallback(batch_size=cfg.fim_batch_size, modes=("query",))
+    mean_only = FisherMetricsCallback(batch_size=cfg.fim_batch_size, n_rows=cfg.fim_rows, modes=("mean",))
+    query_only.batch = mean_only.batch = cb.batch
+    for r in range(args.reps):
+        step_t.append(timed(without.train_step, dev))
+        cb_t.append(timed(lambda: cb.measure(with_cb.raw_model, r), dev))
+        q_t.append(timed(lambda: query_only.per_head(with_cb.raw_model, r), dev))
+        m_t.append(timed(lambda: mean_only.per_head(with_cb.raw_model, r), dev))
+    st, ct = statistics.median(step_t), statistics.median(cb_t)
+    print(f"\n1. one training step        median {st * 1e3:8.1f} ms  (min {min(step_t) * 1e3:.1f})")
+    print(f"   one full callback        median {ct * 1e3:8.1f} ms  (min {min(cb_t) * 1e3:.1f})")
+    print(f"     of which per-query     median {statistics.median(q_t) * 1e3:8.1f} ms; mean FIM "
+          f"{statistics.median(m_t) * 1e3:.1f} ms")
+    print(f"   ratio callback / step    {ct / st:8.3f}   (target <= 1)")
+    print(f"   implied overhead at fim_interval={cfg.fim_interval}: {ct / (cfg.fim_interval * st):.2%}")
+
+    # 2. the same run with and without the callback, alternating chunks of fim_interval steps
+    def chunk(tr):
+        def run():
+            for _ in range(cfg.fim_interval):
+                tr.train_step()
+                for c in tr.callbacks: c.on_step_end(tr)
+        return run
+    # align both trainers on a step that is a multiple of the interval, so each chunk holds one measurement
+    for tr in (with_cb, without):
+        while tr.step % cfg.fim_interval: tr.train_step()
+    a, b = [], []
+    for i in range(args.chunks):
+        first, second = (with_cb, without) if i % 2 == 0 else (without, with_cb)  # alternate the order too
+        t1, t2 = timed(chunk(first), dev), timed(chunk(second), dev)
+        (a if first is with_cb else b).append(t1)
+        (b if second is without else a).append(t2)
+        print(f"   chunk {i + 1}/{args.chunks}: with {a[-1]:.2f} s, without {b[-1]:.2f} s")
+    with_s, without_s = statistics.median(a), statistics.median(b)
+    n_meas = sum(1 for r in open(out + "/with/log.jsonl") if '"event": "fisher"' in r)
+    print(f"\n2. {cfg.fim_interval} steps with callback    median {with_s:8.2f} s")
+    print(f"   {cfg.fim_interval} steps without callback median {without_s:8.2f} s   ({n_meas} measurements logged)")
+    print(f"   overhead                 {(with_s - without_s) / without_s:8.2%}   (target <= 2%; noise: "
+          f"spread of the without-arm {(max(b) - min(b)) / without_s:.1%})")
+    with_cb.logger.close(); without.logger.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""Training loop: exact resume, signals, DDP, callback isolation, logging keys, bad inputs."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fim_attention.data import load_corpus
+from fim_attention.metrics import METRIC_NAMES, fim_metrics
+from fim_attention.model import GPTConfig
+from fim_attention.training import (Callback, CheckpointError, FisherMetricsCallback, TrainConfig, Trainer,
+                                    config_from_args, load_checkpoint, lr_at, read_log, save_checkpoint, train)
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)
+# fields that legitimately differ between two runs of the same trajectory
+VOLATILE = {"time", "train/tokens_per_s", "fim_seconds", "elapsed_s"}
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus(block_size=32)
+
+
+def tiny(tmp_path, name="run", model=None, **kw):
+    base = dict(model=GPTConfig(**{**TINY, **(model or {})}), max_steps=12, batch_size=8, warmup_steps=3,
+                eval_interval=4, eval_windows=16, log_interval=1, ckpt_interval=0, fim_interval=4,
+                fim_batch_size=2, fim_rows=16, out_dir=str(tmp_path / name), progress=False, tensorboard=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def trajectory(out_dir):
+    "The log without bookkeeping events and timing fields: what an uninterrupted run must reproduce."
+    recs = [{k: v for k, v in r.items() if k not in VOLATILE} for r in read_log(out_dir)
+            if r["event"] not in ("checkpoint", "interrupt", "resume", "end")]
+    for r in recs:
+        if r["event"] == "config": r["config"].pop("out_dir")
+    return recs
+
+
+def losses(out_dir, key="train/loss"):
+    return {r["step"]: r[key] for r in read_log(out_dir) if key in r}
+
+
+class StopAt(Callback):
+    def __init__(self, step): self.at = step
+    def on_step_end(self, trainer):
+        if trainer.step == self.at: trainer.should_stop = True
+
+
+def env():
+    e = dict(os.environ, OMP_NUM_THREADS="1")
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in e.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return e
+
+
+def test_lr_schedule():
+    c = TrainConfig(max_steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-5)
+    lrs = [lr_at(s, c) for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3) and lrs[100] == pytest.approx(1e-5)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # monotone after warm-up
+
+
+def test_resume_is_exact(tmp_path, corpus):
+    # dropout on, so the restored torch RNG stream matters; the callback's window is in the checkpoint too
+    full = train(tiny(tmp_path, "full", model=dict(dropout=0.1)), corpus=corpus)
+    part = train(tiny(tmp_path, "part", model=dict(dropout=0.1)), callbacks=[StopAt(6)], corpus=corpus)
+    assert part["stopped"] and part["step"] == 6
+    assert load_checkpoint(tmp_path / "part" / "ckpt.pt")["step"] == 6
+    rest = train(tiny(tmp_path, "part", model=dict(dropout=0.1), resume=True), corpus=corpus)
+    assert rest["step"] == 12 and not rest["stopped"]
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "part")
+    assert sorted(b) == list(range(1, 13))
+    assert all(a[s] == b[s] for s in range(7, 13)), {s: (a[s], b[s]) for s in range(7, 13)}  # bit for bit
+    assert rest["val/loss"] == full["val/loss"]
+    # the resumed log reads like the uninterrupted one (records after the checkpoint were cut back)
+    assert trajectory(tmp_path / "full") == trajectory(tmp_path / "part")
+    sd_full = load_checkpoint(tmp_path / "full" / "ckpt.pt")["model"]
+    sd_part = load_checkpoint(tmp_path / "part" / "ckpt.pt")["model"]
+    assert all(torch.equal(sd_full[k], sd_part[k]) for k in sd_full)
+
+
+def test_callback_does_not_touch_training_rng(tmp_path, corpus):
+    with_cb = train(tiny(tmp_path, "cb", model=dict(dropout=0.1), fim_interval=2), corpus=corpus)
+    without = train(tiny(tmp_path, "nocb", model=dict(dropout=0.1), fim_interval=0), corpus=corpus)
+    assert losses(tmp_path / "cb") == losses(tmp_path / "nocb")
+    assert with_cb["val/loss"] == without["val/loss"]
+    steps = [r["step"] for r in read_log(tmp_path / "cb", "fisher")]
+    assert steps == [0, 2, 4, 6, 8, 10, 12] and not read_log(tmp_path / "nocb", "fisher")
+
+
+def test_logging_keys_jsonl_and_tensorboard(tmp_path, corpus):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    cfg = tiny(tmp_path, "keys", model=dict(attn="ra", n_layer=2), max_steps=4, tensorboard=True)
+    train(cfg, corpus=corpus)
+    rec = read_log(tmp_path / "keys", "fisher")[-1]
+    assert rec["reversed_layers"] == [1]
+    L, H = 2, 2
+    for prefix in ("fisher", "fisher_meanfim"):
+        for m in METRIC_NAMES:
+            for l in range(L):
+                for h in range(H):
+                    assert f"{prefix}/layer{l}/head{h}/{m}" in rec
+                assert f"{prefix}/layer{l}/{m}_mean" in rec and f"{prefix}/layer{l}/{m}_std" in rec
+            assert f"{prefix}/{m}_global_mean" in rec
+            assert f"{prefix}/reversed_layers/{m}_mean" in rec and f"{prefix}/standard_layers/{m}_mean" in rec
+    assert any(k.endswith("_last100") for k in rec)
+    assert rec["fisher/layer1/eigmax_mean"] == pytest.approx(
+        (rec["fisher/layer1/head0/eigmax"] + rec["fisher/layer1/head1/eigmax"]) / 2, rel=1e-6)
+    assert rec["fisher/reversed_layers/trace_mean"] == pytest.approx(rec["fisher/layer1/trace_mean"], rel=1e-6)
+    ev = read_log(tmp_path / "keys", "eval")[-1]
+    assert ev["val/bpb"] == pytest.approx(ev["val/loss"] / torch.log(torch.tensor(2.0)).item())
+    acc = EventAccumulator(str(tmp_path / "keys" / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "val/loss", "val/bpb", "fisher/layer0/head1/eigmax",
+            "fisher/eigmax_global_mean", "fisher_meanfim/layer1/energy_r16_std"} <= tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+
+
+def test_callback_measures_what_the_model_multiplies(corpus):
+    from fim_attention.model import GPT
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY, dropout=0.2))
+    model.train()
+    cb = FisherMetricsCallback(interval=1, batch_size=2, n_rows=2 * 32)  # n_rows = every row: no sampling
+    cb.set_batch(corpus.val, 32)
+    ph = cb.per_head(model, step=5)
+    assert model.training  # train mode restored
+    model.eval()
+    with torch.no_grad():
+        _, _, probs = model(cb.batch, capture=True)
+    for l, p in enumerate(probs):
+        q = fim_metrics(p, mode="query")
+        torch.testing.assert_close(ph["query"]["eigmax"][l], q["eigmax"].nanmean(dim=(0, 2)))
+        mean = fim_metrics(p.transpose(0, 1).reshape(2, 64, 32), mode="mean")  # all rows per head
+        torch.testing.assert_close(ph["mean"]["trace"][l], mean["trace"], rtol=1e-5, atol=1e-6)
+    assert torch.equal(cb.per_head(model, 5)["query"]["eigmax"], ph["query"]["eigmax"])  # eval mode: deterministic
+    # the fixed batch is real validation text
+    val = bytes(corpus.val.tolist())
+    assert all(bytes(row.tolist()) in val for row in cb.batch)
+
+
+def test_bad_inputs_leave_nothing_behind(tmp_path, corpus):
+    short = tmp_path / "short.txt"
+    short.write_text("too short for a context\n")
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match="too short"):
+        train(tiny(tmp_path, "never", data=str(short)))
+    assert not out.exists()
+    with pytest.raises(ValueError, match="divisible"):
+        train(tiny(tmp_path, "never", batch_size=6, grad_accum_steps=4), corpus=corpus)
+    assert not out.exists()
+    with pytest.raises(FileNotFoundError):
+        train(tiny(tmp_path, "never", resume=str(tmp_path / "missing.pt")), corpus=corpus)
+    assert not out.exists()
+    with pytest.raises(ValueError):
+        TrainConfig(max_steps=0)
+
+    # a checkpoint from another config: error names the field; the run folder is untouched
+    train(tiny(tmp_path, "a", max_steps=2), corpus=corpus)
+    log_before = (tmp_path / "a" / "log.jsonl").read_bytes()
+    with pytest.raises(CheckpointError, match=r"model.n_embd: checkpoint 32 != config 64"):
+        train(tiny(tmp_path, "a", max_steps=2, model=dict(n_embd=64), resume=True), corpus=corpus)
+    with pytest.raises(CheckpointError, match=r"lr: checkpoint 0.001 != config 0.002"):
+        train(tiny(tmp_path, "a", max_steps=2, lr=2e-3, resume=True), corpus=corpus)
+    other = load_corpus(ROOT / "tests" / "test_data.py", block_size=32, pattern="*")
+    with pytest.raises(CheckpointError, match="other data"):
+        train(tiny(tmp_path, "a", max_steps=2, resume=True), corpus=other)
+    assert (tmp_path / "a" / "log.jsonl").read_bytes() == log_before
+
+    # a corrupt (truncated) checkpoint
+    ck = tmp_path / "a" / "ckpt.pt"
+    ck.write_bytes(ck.read_bytes()[:-200])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        train(tiny(tmp_path, "a", max_steps=2, resume=True), corpus=corpus)
+    assert (tmp_path / "a" / "log.jsonl").read_bytes() == log_before
+    ck.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(ck)
+
+
+def test_failed_save_keeps_old_checkpoint(tmp_path, monkeypatch):
+    p = tmp_path / "ckpt.pt"
+    save_checkpoint({"format": "x", "v": torch.ones(3)}, p)
+    good = p.read_bytes()
+
+    def broken(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"format": "x", "v": torch.zeros(3)}, p)
+    assert p.read_bytes() == good and sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
+
+
+def test_config_from_args():
+    cfg = config_from_args(["--max_steps", "7", "--n_layer", "3", "--attn", "ra_mla", "--resume", "--data", "x.txt",
+                            "--tensorboard", "false", "--d_latent", "16"])
+    assert cfg.max_steps == 7 and cfg.model.n_layer == 3 and cfg.model.attn == "ra_mla" and cfg.resume is True
+    assert cfg.data == "x.txt" and cfg.tensorboard is False and cfg.model.d_latent == 16
+    assert config_from_args(["--resume", "runs/x/ckpt.pt"]).resume == "runs/x/ckpt.pt"
+    assert config_from_args([]) == TrainConfig()
+
+
+CLI_TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
+            "--eval_windows", "16", "--fim_batch_size", "2", "--fim_rows", "16", "--progress", "false",
+            "--tensorboard", "false", "--log_interval", "1", "--ckpt_interval", "0"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_writes_final_checkpoint(tmp_path, sig):
+    out = tmp_path / "sig"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *CLI_TINY, "--max_steps", "100000",
+                             "--eval_interval", "50", "--fim_interval", "20", "--out_dir", str(out)],
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = out / "log.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and sum(1 for line in log.read_text().splitlines() if '"event": "train"' in line) >= 5: break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err.decode()[-2000:]
+    recs = read_log(out)  # every line is complete JSON
+    last_train = [r for r in recs if r["event"] == "train"][-1]["step"]
+    assert recs[-1]["event"] == "interrupt" and recs[-1]["signal"] == signal.Signals(sig).name
+    st = load_checkpoint(out / "ckpt.pt")
+    assert st["step"] == last_train == recs[-1]["step"]
+    assert st["sampler"]["step"] == last_train
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "log.jsonl"]  # no temporary left
+
+
+def test_ddp_two_processes_match_one(tmp_path, corpus):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "scripts" / "train.py"), *CLI_TINY,
+           "--max_steps", "6", "--eval_interval", "3", "--fim_interval", "3", "--warmup_steps", "2",
+           "--out_dir", str(tmp_path / "ddp")]
+    r = subprocess.run(cmd, env=env(), capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    one = train(tiny(tmp_path, "one", max_steps=6, eval_interval=3, fim_interval=3, warmup_steps=2, fim_rows=16),
+                corpus=corpus)
+    a, b = losses(tmp_path / "ddp"), losses(tmp_path / "one")
+    assert sorted(a) == list(range(1, 7))
+    for s in a:  # same global batches, gradients averaged over ranks: equal up to reduction order
+        assert a[s] == pytest.approx(b[s], rel=1e-5, abs=1e-6)
+    assert losses(tmp_path / "ddp", "val/loss")[6] == pytest.approx(one["val/loss"], rel=1e-5)
+    assert [x["step"] for x in read_log(tmp_path / "ddp", "fisher")] == [0, 3, 6]  # rank 0 only, once each
+    cfg_rec = read_log(tmp_path / "ddp", "config")
+    assert len(cfg_rec) == 1 and cfg_rec[0]["world_size"] == 2
+    st = load_checkpoint(tmp_path / "ddp" / "ckpt.pt")
+    assert st["world_size"] == 2 and len(st["rng"]) == 2
