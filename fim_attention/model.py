@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['GPTConfig', 'MLP', 'make_attention', 'Block', 'GPT', 'ra_as_standard']
 
-# %% ../nbs/05_model.ipynb #e18de8e7
+# %% ../nbs/05_model.ipynb #c205bc0a
 import math
 from dataclasses import dataclass, asdict
 
@@ -17,7 +17,7 @@ from torch import Tensor
 from .attention import (ATTENTION_VARIANTS, RA_PATTERNS, KVCache, check_attention_dims,
                                      check_variant, reversed_layer_indices, CausalSelfAttention, MLAttention)
 
-# %% ../nbs/05_model.ipynb #cd779535
+# %% ../nbs/05_model.ipynb #96f56d29
 @dataclass
 class GPTConfig:
     "Configuration of a GPT-2-style decoder with a selectable attention variant."
@@ -69,7 +69,7 @@ class GPTConfig:
         "GPT-2 124M (vocab 50257, context 1024, 12 layers, 12 heads, width 768); `kw` overrides."
         return cls(**{**dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768), **kw})
 
-# %% ../nbs/05_model.ipynb #ad061dce
+# %% ../nbs/05_model.ipynb #8e9575c1
 class MLP(nn.Module):
     "GPT-2 feed-forward: C -> 4C -> GELU -> C."
     def __init__(self, cfg:GPTConfig):
@@ -102,7 +102,7 @@ class Block(nn.Module):
         x = x + a
         return x + self.mlp(self.ln_2(x)), p
 
-# %% ../nbs/05_model.ipynb #118e8655
+# %% ../nbs/05_model.ipynb #527db007
 class GPT(nn.Module):
     "GPT-2-style decoder: `model(idx, targets)` -> `(logits, loss)`; `capture=True` adds per-layer probabilities."
     def __init__(self, config:GPTConfig):
@@ -202,7 +202,7 @@ class GPT(nn.Module):
             idx = torch.cat([idx, nxt], dim=1)
         return idx
 
-# %% ../nbs/05_model.ipynb #c89121b6
+# %% ../nbs/05_model.ipynb #d8120e5d
 def ra_as_standard(model:GPT) -> GPT:
     "The `standard` GPT computing exactly what the `ra` model `model` computes (W_q, W_k swapped on reversed layers)."
     if model.config.attn != "ra":
