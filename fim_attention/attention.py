@@ -8,7 +8,7 @@ __all__ = ['ATTENTION_VARIANTS', 'RA_PATTERNS', 'causal_mask', 'causal_attend', 
            'RAMLAttention', 'RAMLAKVSpliceAttention', 'check_variant', 'reversed_layer_indices', 'values_of',
            'score_forms']
 
-# %% ../nbs/04_attention.ipynb #1eb50cea
+# %% ../nbs/04_attention.ipynb #6c4b1363
 import math
 
 import torch
@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-# %% ../nbs/04_attention.ipynb #d05b95c9
+# %% ../nbs/04_attention.ipynb #23d819b0
 def causal_mask(t_q:int, # number of query rows
                 t_k:int, # number of key columns (the first t_k - t_q are cached positions)
                 device=None
@@ -26,7 +26,7 @@ def causal_mask(t_q:int, # number of query rows
     j = torch.arange(t_k, device=device)[None, :]
     return j <= i
 
-# %% ../nbs/04_attention.ipynb #18d04fb4
+# %% ../nbs/04_attention.ipynb #6aa61945
 def causal_attend(a:Tensor, # (B, H, Tq, d) query role (q for standard layers, k for reversed ones)
                   b:Tensor, # (B, H, Tk, d) key role (k for standard layers, q for reversed ones), Tk >= Tq
                   v:Tensor, # (B, H, Tk, dv) values
@@ -51,7 +51,7 @@ def causal_attend(a:Tensor, # (B, H, Tq, d) query role (q for standard layers, k
     y = F.dropout(p, dropout_p) @ v if dropout_p > 0 else p @ v  # (B, H, Tq, dv)
     return y, p
 
-# %% ../nbs/04_attention.ipynb #60205310
+# %% ../nbs/04_attention.ipynb #efcd2ed2
 class LayerKVCache:
     "One layer's decode cache: a preallocated `(B, max_len, width)` buffer filled left to right."
     def __init__(self, batch:int, max_len:int, width:int, dtype=torch.float32, device=None):
@@ -70,7 +70,7 @@ class LayerKVCache:
         self.pos += t
         return self.buf[:, :self.pos]
 
-# %% ../nbs/04_attention.ipynb #c323512a
+# %% ../nbs/04_attention.ipynb #2e0890e7
 class KVCache:
     "The decode cache of a whole model: one `LayerKVCache` per layer, all at the same position."
     def __init__(self, widths:list, # cache width (numbers per token) of each layer
@@ -87,7 +87,7 @@ class KVCache:
         "Forget every stored token (buffers are reused)."
         for l in self.layers: l.pos = 0
 
-# %% ../nbs/04_attention.ipynb #e114caf2
+# %% ../nbs/04_attention.ipynb #4d61e75e
 def check_attention_dims(n_embd:int, # model width C
                          n_head:int, # number of heads H
                          d_latent:int|None=None, # MLA latent width (None: no latent)
@@ -104,7 +104,7 @@ def check_attention_dims(n_embd:int, # model width C
         if d_compressed > d_latent:
             raise ValueError(f"d_compressed={d_compressed} > d_latent={d_latent}: KVSplice must compress the latent")
 
-# %% ../nbs/04_attention.ipynb #74813d77
+# %% ../nbs/04_attention.ipynb #2552bb0d
 class CausalSelfAttention(nn.Module):
     "GPT-2 causal self-attention; with `reverse=True` a reciprocal (RA) layer: scores $KQ^\\top$."
     def __init__(self, n_embd:int=128, # model width C
@@ -141,13 +141,13 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y)), p
 
-# %% ../nbs/04_attention.ipynb #30b1c881
+# %% ../nbs/04_attention.ipynb #a96a0f74
 class ReciprocalAttention(CausalSelfAttention):
     "Reciprocal (RA) layer: `CausalSelfAttention` with the query and key roles swapped."
     def __init__(self, n_embd:int=128, n_head:int=4, bias:bool=True, dropout:float=0.0, reverse:bool=True):
         super().__init__(n_embd, n_head, bias, dropout, reverse)
 
-# %% ../nbs/04_attention.ipynb #0c77afbb
+# %% ../nbs/04_attention.ipynb #b52877ec
 def swap_qk_(att:CausalSelfAttention) -> CausalSelfAttention:
     "Swap the W_q and W_k blocks (and biases) of `att` in place and flip `reverse`: same function."
     C = att.n_embd
@@ -159,7 +159,7 @@ def swap_qk_(att:CausalSelfAttention) -> CausalSelfAttention:
     att.reverse = not att.reverse
     return att
 
-# %% ../nbs/04_attention.ipynb #febbcf1a
+# %% ../nbs/04_attention.ipynb #e3cd2737
 class KVSplice(nn.Module):
     "Learned compression of the MLA latent: d_latent -> d_compressed (cached) -> d_latent."
     def __init__(self, d_latent:int, # width of the MLA latent c
@@ -187,7 +187,7 @@ class KVSplice(nn.Module):
         c = c.detach()
         return F.mse_loss(self(c), c)
 
-# %% ../nbs/04_attention.ipynb #f81d3401
+# %% ../nbs/04_attention.ipynb #3b06d38e
 class MLAttention(nn.Module):
     "Multi-head latent attention (optionally with KVSplice; `reverse=True` for an RA layer)."
     def __init__(self, n_embd:int=128, # model width C
@@ -252,7 +252,7 @@ class MLAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y)), p
 
-# %% ../nbs/04_attention.ipynb #751f9947
+# %% ../nbs/04_attention.ipynb #4b6bfe37
 class MLAKVSpliceAttention(MLAttention):
     "MLA whose latent is compressed by KVSplice (default: to half its width)."
     def __init__(self, n_embd:int=128, n_head:int=4, d_latent:int=64, d_compressed:int|None=None,
@@ -272,7 +272,7 @@ class RAMLAKVSpliceAttention(MLAKVSpliceAttention):
                  bias:bool=True, dropout:float=0.0, reverse:bool=True, recon_weight:float=0.0):
         super().__init__(n_embd, n_head, d_latent, d_compressed, bias, dropout, reverse, recon_weight)
 
-# %% ../nbs/04_attention.ipynb #45a0a624
+# %% ../nbs/04_attention.ipynb #3f39859c
 ATTENTION_VARIANTS = {  # name -> (module class, is_latent, has_kvsplice, has_reversed_layers)
     "standard":        (CausalSelfAttention,    False, False, False),
     "ra":              (ReciprocalAttention,    False, False, True),
@@ -299,7 +299,7 @@ def reversed_layer_indices(n_layer:int, # number of layers L
     return {"none": [], "alternate": list(range(1, n_layer, 2)), "early": list(range(half)),
             "late": list(range(n_layer - half, n_layer)), "all": list(range(n_layer))}[pattern]
 
-# %% ../nbs/04_attention.ipynb #8358b779
+# %% ../nbs/04_attention.ipynb #7c61039d
 def values_of(att:nn.Module, x:Tensor) -> Tensor:
     "The values `V` (B, H, T, d) that `att` multiplies its probabilities with, rebuilt from its weights."
     C = x.size(-1)
@@ -309,7 +309,7 @@ def values_of(att:nn.Module, x:Tensor) -> Tensor:
         v = att.v_up(c if att.splice is None else att.splice(c))
     return att._heads(v)
 
-# %% ../nbs/04_attention.ipynb #a26534c3
+# %% ../nbs/04_attention.ipynb #382d9662
 def score_forms(att:nn.Module) -> Tensor:
     "Per-head bilinear forms M_h (H, C, C) with score_ij = x_i^T M_h x_j / sqrt(d) (biases ignored)."
     C, H = att.n_embd, att.n_head

@@ -250,3 +250,23 @@ def test_dropout_only_in_training():
     att.train()
     torch.manual_seed(0)
     assert (att(x)[0] - att.eval()(x)[0]).abs().max() > 1e-3
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_head=st.integers(1, 4), d_head=st.integers(1, 6), lat=st.integers(1, 12), comp=st.integers(0, 12),
+       reverse=st.booleans(), T=st.integers(1, 9), split=st.integers(0, 9), seed=st.integers(0, 2**16))
+def test_any_dims_probe_and_cache(n_head, d_head, lat, comp, reverse, T, split, seed):
+    """Arbitrary consistent dims (d_compressed <= d_latent or none): probe recompute, fused path and cache agree."""
+    C_ = n_head * d_head
+    torch.manual_seed(seed)
+    kw = dict(d_latent=lat, d_compressed=min(comp, lat) or None)
+    for att in (CausalSelfAttention(C_, n_head, reverse=reverse), MLAttention(C_, n_head, reverse=reverse, **kw)):
+        att = att.double().eval()
+        x = torch.randn(2, T, C_, dtype=torch.float64)
+        y, p = att(x, capture=True)
+        y_re = att.c_proj((p @ values_of(att, x)).transpose(1, 2).reshape(2, T, C_))
+        assert (y_re - y).abs().max() < 1e-10 and (att(x)[0] - y).abs().max() < 1e-10
+        cache, s = LayerKVCache(2, T, att.cache_width, torch.float64), min(split, T)
+        parts = [att(x[:, :s], cache=cache)[0]] if s else []
+        parts += [att(x[:, s:], cache=cache)[0]] if s < T else []
+        assert (torch.cat(parts, 1) - y).abs().max() < 1e-10
