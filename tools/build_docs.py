@@ -393,7 +393,8 @@ def render_notebook(nb, page, files_dir, linker, warn):
                 m = meta.get(mime) or {}
                 size = "".join(f' {k}="{int(m[k])}"' for k in ("width", "height") if isinstance(m.get(k), (int, float)))
                 alt = f"output of cell {ci}"
-                parts.append(f'<div class="nb-output nb-image" markdown="1">\n![{alt}]({files_dir.name}/{fn}){{{size.strip() or " "}}}\n</div>')
+                attrs = f"{{{size} }}" if size else ""
+                parts.append(f'<div class="nb-output nb-image" markdown="1">\n![{alt}]({files_dir.name}/{fn}){attrs}\n</div>')
             else:
                 parts.append(pre(src_text(val), "nb-result"))
         flush()
@@ -479,7 +480,19 @@ def run_proc_nbs():
     from nbdev.serve import proc_nbs
     t = time.time()
     os.chdir(ROOT)
-    proc_nbs(force=True, n_workers=max(1, min(4, os.cpu_count() or 1)))
+    try:
+        proc_nbs(force=True, n_workers=max(1, min(4, os.cpu_count() or 1)))
+    except Exception as e:
+        # nbdev runs, in a fresh kernel, every code cell that exports, imports or calls show_doc
+        msg = str(e).strip().split("\n")
+        remote = str(e.__cause__ or e.__context__ or "")
+        errs = [l for l in remote.splitlines() if re.match(r"^\w+(Error|Exception)\b", l)]
+        why = errs[0] if errs else ""
+        hint = ("\nA cell that mixes an import with code using earlier cells fails here, because nbdev runs"
+                " only the cells that export, import or call show_doc: keep imports in cells of their own."
+                if why.startswith("NameError") else "")
+        sys.exit(f"nbdev proc_nbs failed: {msg[0]}\n  " + "\n  ".join(msg[1:8])
+                 + (f"\n  -> {why}" if why else "") + hint)
     log(f"nbdev proc_nbs -> {PROC.relative_to(ROOT)}/ in {time.time() - t:.1f}s")
 
 
@@ -511,6 +524,8 @@ def main():
                       if not any(s.startswith((".", "_")) for s in p.relative_to(PROC).parts)])
     if not nbs:
         sys.exit("no notebooks found in _proc/")
+    if Path("index.ipynb") not in nbs:
+        sys.exit(f"no {cfg.get('nbs_path', 'nbs')}/index.ipynb: the home page of the site (and README.md) comes from it")
     pages = {}        # link key -> page path
     plan = []         # (notebook rel path, page rel path, nb json)
     for rel in nbs:
@@ -598,7 +613,7 @@ def main():
 
     t = time.time()
     r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--clean", "-q",
-                        "-f", str(DOCS / "mkdocs.yml")], cwd=ROOT)
+                        "-f", str(DOCS / "mkdocs.yml")], cwd=ROOT, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
     if r.returncode:
         sys.exit(f"mkdocs build failed (exit {r.returncode})")
     log(f"mkdocs build -> {SITE.relative_to(ROOT)}/ in {time.time() - t:.1f}s; total {time.time() - t0:.1f}s")
