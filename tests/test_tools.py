@@ -1,0 +1,160 @@
+"""Unit tests for the docs tooling (tools/build_docs.py, tools/docs_check.py): no browser, no nbdev run."""
+import base64
+import html
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bd = _load("build_docs")
+dc = _load("docs_check")
+try:  # Python-Markdown and pymdown-extensions come with the docs extra (mkdocs-material)
+    import markdown
+    import pymdownx  # noqa: F401
+except ImportError:
+    markdown = None
+needs_markdown = pytest.mark.skipif(markdown is None, reason="docs extra not installed (pip install -e '.[docs]')")
+
+
+def render(md):
+    "Markdown -> HTML with the extensions tools/mkdocs.yml uses that matter for structure."
+    return markdown.markdown(bd.fix_markdown(md), extensions=["sane_lists", "tables", "attr_list", "md_in_html",
+                                                                   "pymdownx.superfences"])
+
+
+def math_of(h):
+    "The TeX MathJax will see, span by span."
+    return [html.unescape(m) for m in re.findall(r'<span class="arithmatex">(.*?)</span>', h, re.S)]
+
+
+@needs_markdown
+@pytest.mark.parametrize("src,tex", [
+    (r"inline $a_1 * b_2$ here", r"\(a_1 * b_2\)"),
+    (r"display $$F = \frac{1}{\tau^2}(D - pp^\top)$$ in a paragraph", r"\[F = \frac{1}{\tau^2}(D - pp^\top)\]"),
+    ("multi-line\n$$\na_1 \\\\\n- b_2\n$$\nafter", "\\[\na_1 \\\\\n- b_2\n\\]"),
+    (r"\begin{align} a &= b \\ c &= d \end{align}", r"\begin{align} a &= b \\ c &= d \end{align}"),
+    (r"paren \(x^2\) and bracket \[y_1\]", r"\(x^2\)"),
+    (r"Jupyter's double backslash \\(x\\)", r"\(x\)"),
+    (r"| a | b |" "\n" r"|---|---|" "\n" r"| $x|y$ | 1 |", r"\(x|y\)"),
+])
+def test_math_survives_markdown(src, tex):
+    h = render(src)
+    assert tex in math_of(h), (h, math_of(h))
+    assert "<em>" not in h and "<strong>" not in h  # `*` and `_` inside math are not emphasis
+
+
+@needs_markdown
+@pytest.mark.parametrize("src", ["costs $5 and $10 today", "a `$x$` code span", "```\n$x$ in a fence\n```"])
+def test_not_math(src):
+    assert math_of(render(src)) == []
+
+
+@needs_markdown
+def test_escaped_dollar():
+    assert "$3" in html.unescape(render(r"price \$3")) and "\\$" not in html.unescape(render(r"price \$3"))
+
+
+@needs_markdown
+def test_blocks_like_jupyter():
+    h = render("Some text\n- one\n- two\n  - nested\n\nA table:\n| a | b |\n|---|---|\n| 1 | 2 |\n\nCode:\n```python\nx = 1\n```\nafter")
+    assert h.count("<ul>") == 2 and "<li>nested</li>" in h          # list after a paragraph, 2-space nesting
+    assert "<table>" in h and "<td>2</td>" in h                       # table after a paragraph
+    assert "<p>Code:</p>" in h and "</code></pre></div>\n<p>after</p>" in h     # fence right after a paragraph
+    assert "<p>after</p>" in h
+
+
+def test_directives():
+    opts, code = bd.directives("#| echo: false\n#|output: asis\n\nshow_doc(f)\n")
+    assert opts == {"echo": "false", "output": "asis"} and code == "show_doc(f)"
+    assert bd.directives("x = 1\n#| not: a directive")[0] == {}
+
+
+def _cfg():
+    return {"doc_host": "https://org.github.io", "doc_baseurl": "/pkg", "git_url": "https://github.com/org/pkg"}
+
+
+def test_linker_rewrites_to_site_pages():
+    ln = bd.Linker(_cfg(), {"spectrum.html": "spectrum.md", "01_spectrum.ipynb": "spectrum.md"},
+                   {"pkg/spectrum.py": "src/pkg.spectrum.md"})
+    md = ('[source](https://github.com/org/pkg/blob/main/pkg/spectrum.py#L42){target="_blank" style="float:right"}\n'
+          "see [`fim_eigvalsh`](https://org.github.io/pkg/spectrum.html#fim_eigvalsh) and [the book](01_spectrum.ipynb#roots)")
+    out = ln(md, "derivation.md")
+    assert "[source](src/pkg.spectrum.md#L-42){ .nb-source }" in out
+    assert "](spectrum.md#fim_eigvalsh)" in out and "](spectrum.md#roots)" in out
+    assert "github" not in out and not ln.missing
+    ln(md.replace("spectrum.py", "nope.py"), "x.md")
+    assert ln.missing and "nope.py" in ln.missing[0]
+
+
+def test_render_notebook(tmp_path):
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
+    nb = {"cells": [
+        {"cell_type": "raw", "source": "---\ntitle: The spectrum\ndescription: roots of $G$\noutput-file: spectrum.html\n---"},
+        {"cell_type": "markdown", "source": "## Roots\nThe roots of $G(x)=0$."},
+        {"cell_type": "code", "source": "#| echo: false\n#| output: asis\nshow_doc(f)", "outputs": [
+            {"output_type": "execute_result", "data": {
+                "text/markdown": "---\n\n### fim_eigvalsh\n\n*Eigenvalues of $F$.*", "text/plain": "x"}}]},
+        {"cell_type": "code", "source": "plot()", "outputs": [
+            {"output_type": "stream", "name": "stdout", "text": "a <b>\n"},
+            {"output_type": "stream", "name": "stdout", "text": "c\n"},
+            {"output_type": "display_data", "data": {"image/png": png, "text/plain": "<Figure>"},
+             "metadata": {"image/png": {"width": 300}}},
+            {"output_type": "execute_result", "data": {"text/latex": r"$\displaystyle x^{2}$", "text/plain": "x**2"}}]},
+        {"cell_type": "code", "source": "#| include: false\nsecret()", "outputs": []},
+        {"cell_type": "code", "source": "#| output: false\nshown()",
+         "outputs": [{"output_type": "stream", "name": "stdout", "text": "hidden"}]},
+    ]}
+    ln = bd.Linker(_cfg(), {}, {})
+    warns = []
+    title, md = bd.render_notebook(nb, "spectrum.md", tmp_path / "spectrum_files", ln, warns.append)
+    assert title == "The spectrum" and md.startswith('---\ntitle: "The spectrum"')
+    assert "show_doc" not in md                                   # echo: false
+    assert "### fim_eigvalsh { #fim_eigvalsh" in md               # the anchor nbdev's links use
+    assert "a &lt;b&gt;\nc</code></pre>" in md                    # streams merged, escaped
+    assert (tmp_path / "spectrum_files" / "cell3_out2.png").read_bytes().startswith(b"\x89PNG")
+    assert '](spectrum_files/cell3_out2.png){ width="300" }' in md
+    assert r"\[\displaystyle x^{2}\]" in md                        # text/latex output typeset as display math
+    assert "secret" not in md and "shown()" in md and "hidden" not in md
+    assert not warns
+
+
+def _site(tmp_path, page):
+    (tmp_path / "index.html").write_text('<html><body><h1 id="top">x</h1><a href="#top">t</a>'
+                                         '<a href="other.html#here">o</a></body></html>')
+    (tmp_path / "other.html").write_text(page)
+    return dc.static_checks(tmp_path)[0]
+
+
+def test_static_checks_pass_a_local_site(tmp_path):
+    assert _site(tmp_path, '<p id="here">ok</p><script src="assets/x.js"></script>'
+                           '<a href="https://example.org/">a plain link is not a load</a>') == []
+
+
+@pytest.mark.parametrize("bad,what", [
+    ('<script src="https://cdn.example.org/mathjax.js"></script><p id="here"></p>', "loads from the network"),
+    ('<link rel="stylesheet" href="//fonts.example.org/css"><p id="here"></p>', "loads from the network"),
+    ('<img src="http://example.org/a.png"><p id="here"></p>', "loads from the network"),
+    ('<p id="elsewhere"></p>', "no anchor #here"),
+])
+def test_static_checks_catch(tmp_path, bad, what):
+    fails = _site(tmp_path, bad)
+    assert any(what in f for f in fails), fails
+
+
+def test_external():
+    assert dc._external("https://cdn.jsdelivr.net/x.js") and dc._external("//fonts.googleapis.com/css")
+    assert not dc._external("http://127.0.0.1:8000/a.js") and not dc._external("data:image/png;base64,AA")
+    assert not dc._external("assets/x.js")
