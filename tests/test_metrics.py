@@ -431,3 +431,34 @@ def test_rolling_window():
 def _one(rw):
     rw.update({"x": 1.0})
     return rw.mean()
+
+
+# ---------------------------------------------------------------- the benchmark scripts run (small, on the CPU)
+
+def _load_script(name):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_check_runs_on_cpu(tmp_path):
+    gc = _load_script("gpu_check")
+    assert gc.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "gpu_check_cpu_quick.json").read_text())
+    assert res["all_passed"] and len(res["accuracy"]) >= 20 and res["timing"] and res["mean_fim"]
+    assert all(r["ratio_dense/top16"] > 0 for r in res["timing"])
+
+
+def test_bench_spectrum_smoke(tmp_path):
+    bs = _load_script("bench_spectrum")
+    res = bs.main(["--quick", "--threads", "1", "--Ts", "32", "64", "--reps", "1", "--no-plot", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "bench_spectrum_quick.json").read_text())
+    assert saved["summary"].keys() == {"1"} and set(saved["summary"]["1"]["ratios"]) == {"32", "64"}
+    run = res["runs"][0]
+    assert all(r["accuracy"]["top16_max_rel_err_vs_scipy"] < 1e-10 for r in run["per_T"])
+    assert run["mean_fim"]["top_k_max_rel_diff"] < 1e-10
+    assert abs(bs.slope([1, 2, 4], [3.0, 12.0, 48.0]) - 2) < 1e-12
