@@ -129,6 +129,11 @@ def test_render_notebook(tmp_path):
     assert r"\[\displaystyle x^{2}\]" in md                        # text/latex output typeset as display math
     assert "secret" not in md and "shown()" in md and "hidden" not in md
     assert not warns
+    assert r'roots of <span class="arithmatex">\(G\)</span>' in html.unescape(md)                 # math in the subtitle too
+
+
+def test_nav_label():
+    assert bd.nav_label("Roots of $G(x)$ cost $5") == r"Roots of \(G(x)\) cost $5"
 
 
 def _site(tmp_path, page):

@@ -247,6 +247,11 @@ def src_text(x):
     return "".join(x) if isinstance(x, list) else (x or "")
 
 
+def nav_label(title):
+    "A page title for the navigation: $x$ becomes \\(x\\), which MathJax typesets there (see mathjax-config.js)."
+    return re.sub(r"\$(?=\S)([^$\n]+?)(?<=\S)\$(?!\d)", lambda m: "\\(" + m.group(1) + "\\)", title)
+
+
 def frontmatter(nb):
     "Title, description and output file from the raw YAML cell nbdev puts first."
     import yaml
@@ -302,9 +307,9 @@ def render_notebook(nb, page, files_dir, linker, warn):
     fm, fm_cell = frontmatter(nb)
     title = str(fm.get("title") or Path(page).stem)
     desc = fm.get("description")
-    parts = [f"# {title}"]
+    parts = [f"# {protect_math(title)}"]
     if desc:
-        parts.append(f"{desc}\n{{ .nb-subtitle }}")
+        parts.append(f"{protect_math(str(desc))}\n{{ .nb-subtitle }}")
     nimg = 0
     for ci, c in enumerate(nb["cells"]):
         if c is fm_cell or c["cell_type"] == "raw":
@@ -584,7 +589,7 @@ def main():
                 sec = []
                 node.append({folder: sec})
             node = sec
-        node.append({title: page})
+        node.append({nav_label(title): page})
     if src_nav:
         nav.append({"Source": src_nav})
     for w in warnings:

@@ -5,7 +5,7 @@ Serves `_site/` on 127.0.0.1 (a free port), opens every page in Debian's `chromi
 DevTools protocol, and checks on each page:
 
 - math is typeset: every `.arithmatex` element holds a rendered `mjx-container`, MathJax reported no TeX
-  error, and no raw `$$`, `\\(`, `\\[`, `\\begin{` or `$..\\..$` is left in visible text outside code;
+  error, and no raw `$$`, `\\(`, `\\[`, `\\begin{` or `$..\\..$` (TeX between dollars) is left in visible text outside code;
 - every image loaded (`naturalWidth > 0`);
 - no JavaScript error (uncaught exceptions, console errors, browser log errors);
 - no request left 127.0.0.1 (all requests observed, pages and workers; others are refused by the
@@ -112,6 +112,7 @@ def static_checks(site: Path):
             frag = urllib.parse.unquote(u.fragment)
             if frag and target.suffix == ".html" and target in scans and frag not in scans[target].ids:
                 fails.append(f"{rel}: link {href}: no anchor #{frag} in {target.relative_to(site).as_posix()}")
+    fails = list(dict.fromkeys(fails))
     for f in sorted(site.rglob("*.css")):
         for m in re.finditer(r"(?:@import\s+|url\()\s*['\"]?((?:https?:)?//[^'\")\s]+)", f.read_text(errors="replace")):
             fails.append(f"{f.relative_to(site).as_posix()}: CSS loads from the network: {m.group(1)}")
@@ -338,7 +339,7 @@ PAGE_PROBE = r"""
   const visible = e => !e.checkVisibility || e.checkVisibility({visibilityProperty: true, opacityProperty: true});
   const skip = /^(PRE|CODE|SCRIPT|STYLE|TEXTAREA|NOSCRIPT|MJX-CONTAINER|MJX-ASSISTIVE-MML|SVG|MATH)$/i;
   const raw = [];
-  const rawTeX = /\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{|\$[^$\s][^$\n]*[\\^_{}][^$\n]*\$/;
+  const rawTeX = /\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{|\$[^$\n]*[\\^_{}][^$\n]*\$/;
   const w = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT, {acceptNode(n) {
     for (let e = n.parentElement; e; e = e.parentElement) if (skip.test(e.tagName)) return NodeFilter.FILTER_REJECT;
     return NodeFilter.FILTER_ACCEPT; }});

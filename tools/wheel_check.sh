@@ -15,7 +15,13 @@ version=$(sed -n 's/^version[[:space:]]*=[[:space:]]*//p' settings.ini | tr -d '
 lib=$(sed -n 's/^lib_path[[:space:]]*=[[:space:]]*//p' settings.ini | tr -d '[:space:]')
 [ -n "$version" ] && [ -n "$lib" ] || { echo "settings.ini: no version or lib_path" >&2; exit 1; }
 
-tmp=$(mktemp -d /tmp/fim_wheel_check.XXXXXX)
+# The test venv (torch included, ~1.5 GB of small files) lives in RAM when /dev/shm has room:
+# installing and removing it there takes seconds even when the disk is busy.
+scratch=${WHEEL_CHECK_TMP:-/tmp}
+if [ -z "${WHEEL_CHECK_TMP:-}" ] && [ "$(df -Pk /dev/shm 2>/dev/null | awk 'NR==2 {print $4}')" -gt 4000000 ] 2>/dev/null; then
+  scratch=/dev/shm
+fi
+tmp=$(mktemp -d "$scratch/fim_wheel_check.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
 "$PY" -m build --version >/dev/null 2>&1 || "$PY" -m pip install -q --disable-pip-version-check "build>=1.0"

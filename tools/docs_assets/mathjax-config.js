@@ -10,7 +10,7 @@ window.MathJax = {
     displayMath: [["\\[", "\\]"]],
     processEscapes: true,
     processEnvironments: true,
-    tags: "ams"
+    tags: "none"   // as Quarto/pandoc: number an equation with \tag{}
   },
   options: {
     ignoreHtmlClass: "tex2jax_ignore|mathjax_ignore",
