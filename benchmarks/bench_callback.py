@@ -43,13 +43,14 @@ def main(argv=None):
     ap.add_argument("--chunks", type=int, default=3, help="chunks of fim_interval steps per arm for figure 2")
     ap.add_argument("--fim_interval", type=int, default=TrainConfig.fim_interval)
     ap.add_argument("--batch_size", type=int, default=TrainConfig.batch_size)
+    ap.add_argument("--fim_batch_size", type=int, default=TrainConfig.fim_batch_size)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = ap.parse_args(argv)
     if args.threads: torch.set_num_threads(args.threads)
 
     out = tempfile.mkdtemp(prefix="bench_callback_")
-    base = dict(batch_size=args.batch_size, fim_interval=args.fim_interval, eval_interval=0, ckpt_interval=0,
+    base = dict(batch_size=args.batch_size, fim_interval=args.fim_interval, fim_batch_size=args.fim_batch_size, eval_interval=0, ckpt_interval=0,
                 log_interval=args.fim_interval, progress=False, tensorboard=False, device=args.device,
                 max_steps=10**9, warmup_steps=100)
     corpus = load_corpus(block_size=TrainConfig().model.block_size)
@@ -86,6 +87,7 @@ def main(argv=None):
     print(f"   ratio callback / step    {ct / st:8.3f}   (target <= 1)")
     print(f"   implied overhead at fim_interval={cfg.fim_interval}: {ct / (cfg.fim_interval * st):.2%}")
 
+    if args.chunks == 0: return
     # 2. the same run with and without the callback, alternating chunks of fim_interval steps
     def chunk(tr):
         def run():
