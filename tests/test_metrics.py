@@ -229,6 +229,24 @@ def test_invariant_under_zero_padding_and_permutation(alpha, T, pad, seed):
         torch.testing.assert_close(b[key], a[key], rtol=1e-9, atol=0, equal_nan=True)
 
 
+@settings(max_examples=30, deadline=None)
+@given(alpha=st.floats(0.2, 20.0), T=st.integers(2, 40), zeros=st.integers(0, 5), tau=st.floats(0.1, 5.0),
+       seed=st.integers(0, 10**6))
+def test_property_metrics_match_oracle(alpha, T, zeros, tau, seed):
+    "Random Dirichlet rows with random exact zeros and temperature: every certified metric matches SciPy."
+    rng = np.random.default_rng(seed)
+    x = rng.dirichlet(np.full(T, alpha))
+    x[rng.permutation(T)[:min(zeros, T - 1)]] = 0
+    p = torch.from_numpy(x / x.sum())[None]
+    m = fim_metrics(p, tau=tau)
+    lam, mo = oracle_metrics(p, tau=tau)
+    r = support_rank(p)
+    for key in ("eigmax", "trace", "energy_r8", "energy_r16", "eff_rank"):
+        assert_metric_close(m[key], mo[key], 1e-9)
+    assert_metric_close(m["decay"], mo["decay"], 1e-9, certified(lam, r, torch.full_like(r, 4)))
+    assert_metric_close(m["cond"], mo["cond"], 1e-9, certified(lam, r, r - 1))
+
+
 def test_support_rank_and_structural_zeros_match_oracle():
     q = torch.tensor([0.4, 0.3, 0.0, 0.2, 0.0, 0.1], dtype=F64)
     lam = torch.from_numpy(scipy_eigvalsh(q))
