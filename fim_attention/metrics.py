@@ -7,7 +7,7 @@ __all__ = ['METRIC_NAMES', 'metric_names', 'numerical_rank', 'metrics_from_eigva
            'lambda_plus_min', 'fim_metrics', 'reference_metrics', 'finite_mean', 'finite_std', 'reduce_metrics',
            'fisher_log_dict', 'RollingWindow']
 
-# %% ../nbs/02_metrics.ipynb #9fdd9cd7
+# %% ../nbs/02_metrics.ipynb #15f3cb5e
 import math
 from collections import deque
 from typing import Iterable, Sequence
@@ -18,7 +18,7 @@ from torch import Tensor
 from .spectrum import check_probs, fim_eigvalsh, mean_fim_eigvalsh, one_minus_sum
 from .spectrum import _secular_pairs  # the engine's root finder for one bracket (see lambda_plus_min)
 
-# %% ../nbs/02_metrics.ipynb #915059a2
+# %% ../nbs/02_metrics.ipynb #3c98b170
 METRIC_NAMES = ("eigmax", "trace", "energy_r8", "energy_r16", "decay", "cond", "eff_rank")
 
 def metric_names(ranks:Sequence[int]=(8, 16), # the k of each `energy_rk`
@@ -33,7 +33,7 @@ def _check_ranks(ranks):
     if len(set(ranks)) != len(ranks): raise ValueError(f"ranks has duplicates: {ranks!r}")
     return ranks
 
-# %% ../nbs/02_metrics.ipynb #8e9de0f6
+# %% ../nbs/02_metrics.ipynb #feeb80f8
 def numerical_rank(lam:Tensor, # (..., k) descending eigenvalues
                   ) -> Tensor:
     "Number of eigenvalues above `k * eps * lam[..., 0]` (the `matrix_rank` rule): rank when only eigenvalues are known."
@@ -94,7 +94,7 @@ def metrics_from_eigvals(lam:Tensor, # (..., k) eigenvalues, descending; the ful
         out["eff_rank"] = torch.where(known & (trace > 0) & (tot[..., 0] > 0), ent.exp(), nan)
     return {n: out[n] for n in names if n in out}
 
-# %% ../nbs/02_metrics.ipynb #41cf34e8
+# %% ../nbs/02_metrics.ipynb #2604fb4b
 def _needed_k(which, T, mode="query"):
     "How many top eigenvalues the metrics in `which` need (`None`: all of them)."
     if "eff_rank" in which or (mode == "mean" and "cond" in which): return None
@@ -130,7 +130,7 @@ def mean_support_rank(p:Tensor, # (..., N, T) probabilities
     ncomp = (col & (lab == ar)).sum(-1)
     return col.sum(-1) - ncomp
 
-# %% ../nbs/02_metrics.ipynb #d817efc5
+# %% ../nbs/02_metrics.ipynb #7dc6398a
 def lambda_plus_min(p:Tensor, # (..., T) probabilities
                     tau:float=1.0, # softmax temperature
                     *,
@@ -166,7 +166,7 @@ def lambda_plus_min(p:Tensor, # (..., T) probabilities
         out[rows] = lam
     return (out / tau**2).reshape(p.shape[:-1])
 
-# %% ../nbs/02_metrics.ipynb #8d9be5fa
+# %% ../nbs/02_metrics.ipynb #2f40c111
 def _check_tau(tau):
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
         raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
@@ -212,7 +212,7 @@ def fim_metrics(p:Tensor, # (..., T) probabilities (mode="query") or (..., N, T)
     nan = lam.new_full((), math.nan)
     return {key: torch.where(ok, v, nan) for key, v in out.items()}
 
-# %% ../nbs/02_metrics.ipynb #5d3a33fa
+# %% ../nbs/02_metrics.ipynb #72e12f94
 def reference_metrics(probs:Tensor, # (B, H, T, T) attention probabilities of one layer
                       n_samples:int=64, # query rows drawn per head (all B*T rows if fewer)
                       generator:torch.Generator|None=None, # source of the row sample
@@ -240,7 +240,7 @@ def reference_metrics(probs:Tensor, # (B, H, T, T) attention probabilities of on
     if return_eigvals: out["eigvals"] = ev
     return out
 
-# %% ../nbs/02_metrics.ipynb #e4d6e307
+# %% ../nbs/02_metrics.ipynb #a0f7e394
 def finite_mean(x:Tensor, # values
                 dim:int|tuple[int, ...]|None=None, # dims to reduce; default all
                 keepdim:bool=False, # keep reduced dims (size 1)
@@ -266,7 +266,7 @@ def reduce_metrics(metrics:dict[str, Tensor], # per-query metrics from `fim_metr
     "Finite-aware mean of each metric over `dim` (per-query values to per-head values)."
     return {k: finite_mean(v, dim) for k, v in metrics.items()}
 
-# %% ../nbs/02_metrics.ipynb #1c92fa8b
+# %% ../nbs/02_metrics.ipynb #96504751
 def fisher_log_dict(per_head:dict[str, Tensor], # metric name -> (L, H) per-head values
                     prefix:str="fisher", # key prefix
                     layers:Sequence[int]|None=None, # the layer index of each of the L rows; default 0..L-1
@@ -286,7 +286,7 @@ def fisher_log_dict(per_head:dict[str, Tensor], # metric name -> (L, H) per-head
         out[f"{prefix}/{name}_global_mean"] = float(finite_mean(v))
     return out
 
-# %% ../nbs/02_metrics.ipynb #bbf0c1ff
+# %% ../nbs/02_metrics.ipynb #f996c4ed
 class RollingWindow:
     "Finite-aware running mean of the last `size` values of each logged key; checkpointable."
     def __init__(self, size:int=100): # number of most recent values kept per key
