@@ -1,0 +1,21 @@
+"""pytest setup shared by tests/: a `slow` marker, skipped unless --runslow (or FIM_RUNSLOW=1)."""
+import os
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running test, skipped unless --runslow or FIM_RUNSLOW=1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("FIM_RUNSLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: use --runslow or FIM_RUNSLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
