@@ -99,6 +99,27 @@ def test_linker_rewrites_to_site_pages():
     assert ln.missing and "nope.py" in ln.missing[0]
 
 
+def test_linker_sends_names_without_show_doc_to_their_source():
+    ln = bd.Linker(_cfg(), {"spectrum.html": "spectrum.md"}, {"pkg/spectrum.py": "src/pkg.spectrum.md"},
+                   anchors={"spectrum.md": {"fim_eigvalsh"}},
+                   symbols={"spectrum.html#_pairs": ("pkg/spectrum.py", 105),
+                            "spectrum.html#fim_eigvalsh": ("pkg/spectrum.py", 200)})
+    out = ln("[`_pairs`](https://org.github.io/pkg/spectrum.html#_pairs) and "
+             "[`fim_eigvalsh`](https://org.github.io/pkg/spectrum.html#fim_eigvalsh)", "metrics.md")
+    assert "](src/pkg.spectrum.md#L-105)" in out and "](spectrum.md#fim_eigvalsh)" in out
+    assert ln.to_source == ["_pairs"]
+
+
+def test_symbol_sources(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text("import x\n\nclass C:\n    @classmethod\n    def make(cls): pass\n\ndef f(): pass\n")
+    (tmp_path / "pkg" / "_modidx.py").write_text(
+        "d = {'settings': {}, 'syms': {'pkg.m': {'pkg.m.C': ('m.html#c', 'pkg/m.py'),"
+        " 'pkg.m.C.make': ('m.html#c.make', 'pkg/m.py'), 'pkg.m.f': ('m.html#f', 'pkg/m.py')}}}\n")
+    assert bd.symbol_sources(tmp_path, "pkg") == {"m.html#c": ("pkg/m.py", 3), "m.html#c.make": ("pkg/m.py", 5),
+                                                  "m.html#f": ("pkg/m.py", 7)}
+
+
 def test_render_notebook(tmp_path):
     png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
     nb = {"cells": [
@@ -163,3 +184,15 @@ def test_external():
     assert dc._external("https://cdn.jsdelivr.net/x.js") and dc._external("//fonts.googleapis.com/css")
     assert not dc._external("http://127.0.0.1:8000/a.js") and not dc._external("data:image/png;base64,AA")
     assert not dc._external("assets/x.js")
+
+
+def test_mixed_import_cells(tmp_path):
+    import json
+    cells = [("import torch", False), ("#| export\nimport torch\nx = 1", False), ("import math\ndef f(): return 1", False),
+             ("import matplotlib.pyplot as plt\nplt.plot([1])", True), ("from x import f\nshow_doc(f)", False),
+             ("#| eval: false\nimport os\nos.getcwd()", False), ("y = 2", False)]
+    nb = {"cells": [{"cell_type": "code", "source": s, "outputs": []} for s, _ in cells], "metadata": {}}
+    (tmp_path / "nbs").mkdir()
+    (tmp_path / "nbs" / "00_a.ipynb").write_text(json.dumps(nb))
+    found = bd.mixed_import_cells(tmp_path / "nbs")
+    assert found == {"nbs/00_a.ipynb": [(3, "import matplotlib.pyplot as plt")]}

@@ -188,7 +188,11 @@ def pre(text, cls):
 # Links: nbdev points docs links at doc_host and source links at git_url. Point them here.
 # ----------------------------------------------------------------------------------------------
 class Linker:
-    def __init__(self, cfg, pages, modules):
+    """Rewrites nbdev's links in Markdown. `anchors`: page -> show_doc anchors on it; `symbols`:
+    nbdev docs link ("spectrum.html#_secular_pairs") -> (module file, line). A docs link to a name that
+    has no show_doc entry (a private helper, say) goes to its source line instead of a dead anchor."""
+
+    def __init__(self, cfg, pages, modules, anchors=None, symbols=None):
         host = cfg.get("doc_host", "").rstrip("/")
         base = cfg.get("doc_baseurl", "").strip("/")
         self.doc_prefix = f"{host}/{base}/" if base else f"{host}/"
@@ -199,7 +203,10 @@ class Linker:
         self.re_rel = re.compile(r"\]\((?!\w+:|#|/)([^)#\s]+\.(?:ipynb|html))(#[^)\s]*)?\)")
         self.pages = pages        # html name (as nbdev names it) or notebook path -> page .md path (posix)
         self.modules = modules    # package file path (posix, e.g. fim_attention/spectrum.py) -> src page .md path
+        self.anchors = anchors or {}
+        self.symbols = symbols or {}
         self.missing = []
+        self.to_source = []
 
     def rel(self, target, page):
         return posixpath.relpath(target, posixpath.dirname(page) or ".")
@@ -220,6 +227,11 @@ class Linker:
             if p is None:
                 self.missing.append(f"{page}: docs link to {tgt} (no such page)")
                 return m.group(0)
+            if anchor and p in self.anchors and anchor[1:].lower() not in self.anchors[p]:
+                py, line = self.symbols.get(f"{tgt}{anchor}", (None, None))
+                if py in self.modules:
+                    self.to_source.append(anchor[1:])
+                    return f"]({self.rel(self.modules[py], page)}{f'#L-{line}' if line else ''})"
             return f"]({self.rel(p, page)}{anchor})"
 
         def relnb(m):
@@ -300,6 +312,49 @@ def showdoc_md(md):
         name = m.group(2)
         return f"{m.group(1)} {name} {{ #{name.lower()} data-toc-label='{name}' }}"
     return _re_showdoc_head.sub(head, md, count=1)
+
+
+def showdoc_anchors(nb):
+    "The anchors showdoc_md will give this notebook's show_doc entries."
+    out = set()
+    for c in nb["cells"]:
+        if c["cell_type"] == "code" and "show_doc" in src_text(c.get("source")):
+            for o in c.get("outputs", []):
+                md = src_text((o.get("data") or {}).get("text/markdown"))
+                m = _re_showdoc_head.search(md)
+                if m:
+                    out.add(m.group(2).lower())
+    return out
+
+
+def symbol_sources(root: Path, lib: str):
+    "nbdev docs link (as in _modidx.py) -> (module file, line of the definition), for every exported name."
+    import ast
+    modidx = root / lib / "_modidx.py"
+    if not modidx.exists():
+        return {}
+    ns = {}
+    exec(compile(modidx.read_text(encoding="utf-8"), str(modidx), "exec"), ns)
+    lines, out = {}, {}
+    for mod, syms in ns.get("d", {}).get("syms", {}).items():
+        for full, entry in syms.items():
+            if not (isinstance(entry, tuple) and len(entry) == 2):
+                continue
+            doc, py = entry
+            if py not in lines:
+                d = {}
+                try:
+                    for n in ast.parse((root / py).read_text(encoding="utf-8")).body:
+                        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                            d[n.name] = n.lineno
+                            if isinstance(n, ast.ClassDef):
+                                d.update({f"{n.name}.{m.name}": m.lineno for m in n.body
+                                          if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))})
+                except (OSError, SyntaxError):
+                    pass
+                lines[py] = d
+            out[doc] = (py, lines[py].get(full[len(mod) + 1:]))
+    return out
 
 
 def render_notebook(nb, page, files_dir, linker, warn):
@@ -481,10 +536,114 @@ def copy_mathjax(dst: Path):
 
 
 # ----------------------------------------------------------------------------------------------
-def run_proc_nbs():
+def mixed_import_cells(nbs_dir: Path):
+    """{notebook: [(cell index, first line)]} of code cells that import something and also compute:
+    nbdev's show_doc pass would re-run them whole (its 'Found cells containing imports and other code'
+    warning, which does not name the notebook); `_imports_only_patch` runs their imports only."""
+    import ast
+    out = {}
+    for nb_path in sorted(nbs_dir.rglob("*.ipynb")):
+        if any(s.startswith((".", "_")) for s in nb_path.relative_to(nbs_dir).parts):
+            continue
+        try:
+            nb = json.loads(nb_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for i, c in enumerate(nb.get("cells", [])):
+            if c.get("cell_type") != "code":
+                continue
+            opts, code = directives(src_text(c.get("source")))
+            if opts.keys() & {"export", "exports", "exporti", "exec_doc"} or opts.get("eval") == "false":
+                continue
+            code = "\n".join(l for l in code.split("\n") if not l.lstrip().startswith(("%", "!")))
+            try:
+                tree = ast.parse(code)
+            except SyntaxError:
+                continue
+            keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+            body = tree.body
+            calls_show_doc = any(isinstance(n, ast.Call) and getattr(n.func, "id", "") == "show_doc"
+                                 for n in ast.walk(tree))
+            if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body) and \
+                    any(not isinstance(n, keep) for n in body) and not calls_show_doc:
+                first = next((l.strip() for l in code.split("\n") if l.strip()), "")
+                out.setdefault(nb_path.relative_to(nbs_dir.parent).as_posix(), []).append((i, first))
+    return out
+
+
+def _imports_only_patch():
+    """Make nbdev's show_doc pass run only the imports and definitions of a cell that mixes imports with
+    other work, instead of the whole cell.
+
+    nbdev's `exec_show_docs` runs, in a fresh kernel, the exported cells, the show_doc cells and every
+    cell holding an import, and replaces those cells' outputs with the new ones. For a cell that imports
+    *and* computes (a plot, a training run) that means re-running the computation without the cells
+    before it: slow, and it fails on names those cells defined. The imports (and the functions and
+    classes the cell defines) are all show_doc needs; the stored outputs stay as the notebook has them.
+    """
+    import ast
+    import warnings
+    import nbdev.processors as P
+    from fastcore.basics import str2bool
+    if getattr(P.exec_show_docs, "_imports_only", False):
+        return
+    nbdev_call = P.exec_show_docs.__call__
+    keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+    def __call__(self, cell):
+        if (cell.cell_type == "code" and getattr(self.nb, "has_docs_", False) and hasattr(self, "k")
+                and not str2bool(getattr(self.nb, "frontmatter_", {}).get("skip_showdoc", False))):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                runs = P._do_eval(cell)
+            if runs and not (cell.directives_.keys() & {"export", "exports", "exporti", "exec_doc"}):
+                trees = cell.parsed_()
+                if not P._show_docs(trees) and any(not isinstance(n, keep) for n in trees):
+                    self.k.run("\n".join(ast.unparse(n) for n in trees if isinstance(n, keep)))
+                    if self.k.exc:
+                        # the imports need the cell's own set-up (a sys.path entry, say): run it whole,
+                        # as nbdev does, but still keep the stored outputs
+                        self.k.run(cell.source)
+                    if self.k.exc:
+                        title = getattr(self.nb, "frontmatter_", {}).get("title", "")
+                        raise Exception(f"Error in notebook: {title} in cell {cell.idx_} :\n{cell.source}") \
+                            from self.k.exc
+                    return
+        return nbdev_call(self, cell)
+
+    P.exec_show_docs.__call__ = __call__
+    P.exec_show_docs._imports_only = True
+
+
+def _proc_one(o):
+    "nbdev's per-notebook docs processing (nbdev.serve_drv.main), with the imports-only patch."
+    import nbdev.serve_drv as drv
+    _imports_only_patch()
+    return getattr(drv, "_nbdev_main", drv.main)(o)
+
+
+def run_proc_nbs(cfg, nbdev_exec=False):
+    import nbdev.serve_drv as drv
     from nbdev.serve import proc_nbs
     t = time.time()
     os.chdir(ROOT)
+    mixed = mixed_import_cells(ROOT / cfg.get("nbs_path", "nbs"))
+    if mixed:
+        where = "; ".join(f"{Path(nb).name} {','.join(str(i) for i, _ in cells)}" for nb, cells in mixed.items())
+        log(f"note: cells that mix imports with other code ({where}): "
+            + ("nbdev re-runs them whole, without the cells before" if nbdev_exec
+               else "only their imports and definitions run for show_doc"))
+    # the note above names the notebooks; nbdev's own warning repeats each cell's source without that
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
+                                                          "ignore:Found cells containing imports"]))
+    if not nbdev_exec:
+        # proc_nbs hands nbdev.serve_drv.main to its spawned workers, by name. Name this module's
+        # _proc_one as `build_docs._proc_one`, not `__main__._proc_one`: the IPython shell that runs a
+        # notebook in a worker takes over the worker's __main__.
+        sys.path.insert(0, str(TOOLS))
+        import build_docs
+        drv._nbdev_main = getattr(drv, "_nbdev_main", drv.main)
+        drv.main = build_docs._proc_one
     try:
         proc_nbs(force=True, n_workers=max(1, min(4, os.cpu_count() or 1)))
     except Exception as e:
@@ -493,8 +652,8 @@ def run_proc_nbs():
         remote = str(e.__cause__ or e.__context__ or "")
         errs = [l for l in remote.splitlines() if re.match(r"^\w+(Error|Exception)\b", l)]
         why = errs[0] if errs else ""
-        hint = ("\nA cell that mixes an import with code using earlier cells fails here, because nbdev runs"
-                " only the cells that export, import or call show_doc: keep imports in cells of their own."
+        hint = ("\nnbdev's show_doc pass runs, in a fresh kernel, only the exported cells, the show_doc cells"
+                " and the imports and definitions of other cells: a name those cells use must come from there."
                 if why.startswith("NameError") else "")
         sys.exit(f"nbdev proc_nbs failed: {msg[0]}\n  " + "\n  ".join(msg[1:8])
                  + (f"\n  -> {why}" if why else "") + hint)
@@ -512,13 +671,15 @@ def page_order(paths):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--no-proc", action="store_true", help="reuse _proc/ (skip nbdev processing)")
+    ap.add_argument("--nbdev-exec", action="store_true",
+                    help="nbdev's own show_doc pass: re-run whole cells that mix imports with code, new outputs")
     args = ap.parse_args()
     t0 = time.time()
     cfg = settings()
     lib = cfg.get("lib_path", cfg["lib_name"])
     if not args.no_proc:
         shutil.rmtree(PROC, ignore_errors=True)
-        run_proc_nbs()
+        run_proc_nbs(cfg, args.nbdev_exec)
     if not PROC.exists():
         sys.exit("no _proc/: run without --no-proc")
     shutil.rmtree(DOCS, ignore_errors=True)
@@ -563,7 +724,8 @@ def main():
         modules[r] = page
         m = re.search(r"File to edit: \.\./(?:[^/\n]+/)*?([^/\n]+\.ipynb)", py.read_text(encoding="utf-8")[:600])
         nb_of_module[r] = m.group(1) if m else None
-    linker = Linker(cfg, pages, modules)
+    linker = Linker(cfg, pages, modules, anchors={page: showdoc_anchors(nb) for _, page, nb, _ in plan},
+                    symbols=symbol_sources(ROOT, lib))
     titles = {}
     for py, page in modules.items():
         nbname = nb_of_module[py]
@@ -594,6 +756,8 @@ def main():
         nav.append({"Source": src_nav})
     for w in warnings:
         log("warning:", w)
+    if linker.to_source:
+        log(f"note: links to names without a show_doc entry go to their source: {', '.join(sorted(set(linker.to_source)))}")
     if linker.missing:
         sys.exit("broken nbdev links:\n  " + "\n  ".join(linker.missing))
 
