@@ -1,4 +1,4 @@
-"""Fail if `nbdev_export` or `nbdev_clean` would change any file git tracks (or add one).
+"""Fail if `nbdev_export`, `nbdev_clean` or the README render would change any file git tracks (or add one).
 
 Works in a dirty tree: it compares file contents before and after, not against HEAD.
 """
@@ -22,10 +22,11 @@ def snapshot():
 before = snapshot()
 for tool in ("nbdev_export", "nbdev_clean"):
     subprocess.run([str(bindir / tool)], cwd=root, check=True)
+subprocess.run([sys.executable, str(root / "tools" / "make_readme.py")], cwd=root, check=True)
 after = snapshot()
 changed = sorted(f for f in before.keys() | after.keys() if before.get(f) != after.get(f))
 if changed:
-    print("nbdev_export/nbdev_clean changed these files; run both and commit:")
+    print("nbdev_export/nbdev_clean/tools/make_readme.py changed these files; run them and commit:")
     print("\n".join("  " + f for f in changed))
     sys.exit(1)
 print(f"sync check: notebooks and package agree ({len(after)} files unchanged)")
