@@ -5,19 +5,19 @@
 # %% auto #0
 __all__ = ['fim_matrix_f64', 'scipy_eigvalsh', 'scipy_mean_fim_eigvalsh', 'mpmath_eigvalsh', 'mpmath_secular_eigvalsh']
 
-# %% ../nbs/01a_oracle.ipynb #e9de06a9
+# %% ../nbs/01a_oracle.ipynb #45700b15
 import numpy as np
 import scipy.linalg
 import mpmath
 
-# %% ../nbs/01a_oracle.ipynb #41771dc6
+# %% ../nbs/01a_oracle.ipynb #279c497f
 def _rows(p):
     "p as a float64 numpy array of rows (R, T) plus the batch shape."
     a = p.detach().cpu().double().numpy() if hasattr(p, "detach") else np.asarray(p, dtype=np.float64)
     if a.ndim < 1 or a.shape[-1] == 0: raise ValueError("oracle needs p of shape (..., T) with T >= 1")
     return a.reshape(-1, a.shape[-1]), a.shape[:-1]
 
-# %% ../nbs/01a_oracle.ipynb #eddfd402
+# %% ../nbs/01a_oracle.ipynb #62d18027
 def fim_matrix_f64(p:np.ndarray, # (T,) float64 probabilities
                   )->np.ndarray: # (T, T) diag(p) - p p^T with each entry correctly formed
     "Dense FIM in float64 with the diagonal formed as $p_i(1-p_i)$ (no cancellation in $p_i-p_i^2$ for peaked rows)."
@@ -25,7 +25,7 @@ def fim_matrix_f64(p:np.ndarray, # (T,) float64 probabilities
     F[np.diag_indices_from(F)] = p * (1 - p)
     return F
 
-# %% ../nbs/01a_oracle.ipynb #24954d17
+# %% ../nbs/01a_oracle.ipynb #e902572a
 def scipy_eigvalsh(p, # (..., T) probabilities (tensor or array)
                    tau:float=1.0, # temperature
                   )->np.ndarray: # (..., T) float64 descending eigenvalues, dense LAPACK per row
@@ -34,7 +34,7 @@ def scipy_eigvalsh(p, # (..., T) probabilities (tensor or array)
     out = np.stack([scipy.linalg.eigvalsh(fim_matrix_f64(r))[::-1] for r in P]) if len(P) else np.zeros((0, P.shape[-1]))
     return out.reshape(*batch, P.shape[-1]) / tau**2
 
-# %% ../nbs/01a_oracle.ipynb #6993232a
+# %% ../nbs/01a_oracle.ipynb #3f8fe6c0
 def scipy_mean_fim_eigvalsh(P, # (..., N, T) rows of each group
                             tau:float=1.0, # temperature
                            )->np.ndarray: # (..., T) float64 descending eigenvalues of the mean FIM per group
@@ -49,7 +49,7 @@ def scipy_mean_fim_eigvalsh(P, # (..., N, T) rows of each group
         out.append(scipy.linalg.eigvalsh(M)[::-1])
     return np.stack(out).reshape(*a.shape[:-2], T) / tau**2
 
-# %% ../nbs/01a_oracle.ipynb #19d2a3af
+# %% ../nbs/01a_oracle.ipynb #a4a42eb4
 def mpmath_eigvalsh(p, # (..., T) probabilities, T small (dense high-precision eigensolver)
                     tau:float=1.0, # temperature
                     dps:int=50, # decimal digits of working precision
@@ -67,7 +67,7 @@ def mpmath_eigvalsh(p, # (..., T) probabilities, T small (dense high-precision e
             out.append(sorted((float(v) for v in ev), reverse=True))
     return np.array(out).reshape(*batch, P.shape[-1]) / tau**2
 
-# %% ../nbs/01a_oracle.ipynb #00e263c6
+# %% ../nbs/01a_oracle.ipynb #e3efbeec
 def mpmath_secular_eigvalsh(p, # (..., T) probabilities (any T; cost ~ k * T * 60 high-precision ops per row)
                             k:int|None=None, # number of largest eigenvalues
                             tau:float=1.0, # temperature

@@ -5,26 +5,26 @@
 # %% auto #0
 __all__ = ['sum_tol', 'check_probs', 'one_minus_sum', 'fim_eigvalsh', 'mean_fim_eigvalsh']
 
-# %% ../nbs/01_spectrum.ipynb #baf63388
+# %% ../nbs/01_spectrum.ipynb #b33a471c
 import math
 import warnings
 import torch
 from torch import Tensor
 from .derivation import fim
 
-# %% ../nbs/01_spectrum.ipynb #b41b0d67
+# %% ../nbs/01_spectrum.ipynb #d836331a
 _HALF = (torch.float16, torch.bfloat16)
 
 def _eps(dtype): return torch.finfo(dtype).eps
 
-# %% ../nbs/01_spectrum.ipynb #83a9e709
+# %% ../nbs/01_spectrum.ipynb #5cd1a588
 def sum_tol(T:int, dtype_in:torch.dtype)->float:
     "Tolerance on |sum(p) - 1| for a row of length T given in `dtype_in` (rounding of each entry + a softmax's own error)."
     work = torch.float32 if dtype_in in _HALF else dtype_in
     half = 2 * _eps(dtype_in) if dtype_in in _HALF else 0.0
     return half + 16 * _eps(work) * (1 + math.log2(max(T, 1)))
 
-# %% ../nbs/01_spectrum.ipynb #a959eaaf
+# %% ../nbs/01_spectrum.ipynb #86bfaaeb
 def check_probs(p:Tensor, # (..., T) probabilities along the last dim
                 *,
                 normalize:bool=False, # divide each valid row by its sum instead of requiring sum 1
@@ -63,13 +63,13 @@ def check_probs(p:Tensor, # (..., T) probabilities along the last dim
             raise ValueError(f"{name} rows must sum to 1 within {tol:.2g} for dtype {dtype_in}; a row sums to {sb!r}{hint}")
     return p, vmask
 
-# %% ../nbs/01_spectrum.ipynb #e3ed3b63
+# %% ../nbs/01_spectrum.ipynb #dfe53d3f
 def _two_sum(a:Tensor, b:Tensor)->tuple[Tensor, Tensor]:
     "Knuth's error-free transformation: a + b = s + e exactly."
     s = a + b; bb = s - a
     return s, (a - (s - bb)) + (b - bb)
 
-# %% ../nbs/01_spectrum.ipynb #0b31f640
+# %% ../nbs/01_spectrum.ipynb #5d09f37d
 def one_minus_sum(p:Tensor, # (..., T) float32 or float64
                  )->Tensor: # (...,) c0 = 1 - sum(p) in p's dtype, accurate relative to c0 itself in practice
     "$c_0 = 1-\\sum_j p_j$ far below working precision: a cascaded TwoSum (Sum2) tree in float64, for float32 input too."
@@ -81,7 +81,7 @@ def one_minus_sum(p:Tensor, # (..., T) float32 or float64
         err = err + e.sum(-1)                                                    # the errors are tiny: a plain sum is enough
     return ((1 - x[..., 0]) - err).to(p.dtype)
 
-# %% ../nbs/01_spectrum.ipynb #a88c7058
+# %% ../nbs/01_spectrum.ipynb #e4902d43
 def _secular_eval(P, pd, t, x, head, c0):
     "G(x) = sum_j p_j/(p_j - x) - c0/x with pole-split derivatives; P sorted descending, `head` marks the poles above x."
     H = head.shape[-1]                                                           # the poles above x are among the first H
@@ -101,12 +101,12 @@ def _secular_eval(P, pd, t, x, head, c0):
     gabs = gpos - gneg + cx.abs()                                                # sum of |terms|: scale of G's rounding error
     return G, dpsi, dphi, gabs
 
-# %% ../nbs/01_spectrum.ipynb #3e2ddb67
+# %% ../nbs/01_spectrum.ipynb #6bcf9e66
 def _secular_pairs(P:Tensor, # (n, T) the row of each (row, eigenvalue) pair, sorted descending
                    i:Tensor, # (n,) eigenvalue index: lambda_i lies in (P[:, i+1], P[:, i])
                    H:int, # head width: max(i) + 2 <= H, the poles above lambda_i are P[:, :i+1]
                    c0:Tensor, # (n,) 1 - sum(p) of the row
-                   max_iter:int=100, check_every:int=4,
+                   max_iter:int=100, check_every:int=2,
                   )->tuple[Tensor, Tensor]: # (lambda (n,), iterations used per pair (n,))
     "dlaed4-style root of G in (lo, hi): origin at the nearer pole, two-pole rational model, sign-bracket safeguard."
     eps = _eps(P.dtype); T = P.shape[-1]
@@ -141,10 +141,23 @@ def _secular_pairs(P:Tensor, # (n, T) the row of each (row, eigenvalue) pair, so
         q = Bq + torch.copysign((Bq * Bq - 4 * a * Cq).clamp_min(0).sqrt(), Bq)
         r1, r2 = q / (2 * a), 2 * Cq / q                                         # both roots, each without cancellation
         tn = torch.where((r2 > dlo) & (r2 < dhi), r2, r1)
+        # 3. a model step within 2 ulps of lambda (either way: at that level G is rounding noise) means the current
+        #    point is the root: stop without another evaluation. Else safeguard: outside the sign bracket, bisect.
+        done = done | ((tn - t).abs() <= 2 * eps * (origin + t).abs())
         bis = (blo + bhi) / 2
-        tn = torch.where((tn <= blo) | (tn >= bhi) | ~torch.isfinite(tn), bis, tn)  # outside the sign bracket: bisect
+        tn = torch.where((tn <= blo) | (tn >= bhi) | ~torch.isfinite(tn), bis, tn)
+        if it % check_every == check_every - 1:                                  # one host sync per few iterations
+            nact = int((~done).sum())
+            if nact == 0: break
+            if nact <= done.numel() // 2:                                        # compact: stop paying for finished pairs
+                fin = idx[done]
+                out[fin] = (origin + t)[done]; out_it[fin] = iters[done]
+                keep = ~done
+                P, pd, head, c0, origin, t, tn, blo, bhi, dlo, dhi, G, dpsi, dphi, gabs, iters, idx = (
+                    z[keep] for z in (P, pd, head, c0, origin, t, tn, blo, bhi, dlo, dhi, G, dpsi, dphi, gabs, iters, idx))
+                done = done[keep]
         tn = torch.where(done, t, tn)
-        # 3. evaluate, shrink the bracket, test convergence
+        # 4. evaluate, shrink the bracket, test convergence
         Gn, dpsin, dphin, gabsn = _secular_eval(P, pd, tn, origin + tn, head, c0)
         act = ~done
         blo = torch.where(act & (Gn < 0), tn, blo)
@@ -158,22 +171,12 @@ def _secular_pairs(P:Tensor, # (n, T) the row of each (row, eigenvalue) pair, so
         t = torch.where(act, tn, t)
         iters = iters + act.to(torch.int32)
         done = done | conv
-        if (it + 1) % check_every == 0:                                          # one host sync per few iterations
-            nact = int((~done).sum())
-            if nact == 0: break
-            if nact <= done.numel() // 2:                                        # compact: stop paying for finished pairs
-                fin = idx[done]
-                out[fin] = (origin + t)[done]; out_it[fin] = iters[done]
-                keep = ~done
-                P, pd, head, c0, origin, t, blo, bhi, dlo, dhi, G, dpsi, dphi, gabs, iters, idx = (
-                    z[keep] for z in (P, pd, head, c0, origin, t, blo, bhi, dlo, dhi, G, dpsi, dphi, gabs, iters, idx))
-                done = done[keep]
     if not bool(done.all()):
         warnings.warn(f"fim_eigvalsh: {int((~done).sum())} secular roots did not meet the tolerance in {max_iter} iterations")
     out[idx] = origin + t; out_it[idx] = iters
     return out, out_it
 
-# %% ../nbs/01_spectrum.ipynb #d8fef4f0
+# %% ../nbs/01_spectrum.ipynb #8a4425ab
 def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
                   k:int, max_bytes:int, max_iter:int=100,
                   return_iters:bool=False, chunk_elems:int|None=None):
@@ -202,7 +205,7 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
             lam[r, c] = l.to(lam.dtype); iters[r, c] = it
     return (lam, iters) if return_iters else lam
 
-# %% ../nbs/01_spectrum.ipynb #c7e2152f
+# %% ../nbs/01_spectrum.ipynb #b936b3ce
 def _check_k(k, T):
     if k is None: return T
     if isinstance(k, bool) or not isinstance(k, int): raise ValueError(f"k must be an int or None, got {k!r}")
@@ -212,7 +215,7 @@ def _check_k(k, T):
 def _check_tau(tau):
     if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0): raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
 
-# %% ../nbs/01_spectrum.ipynb #388c269a
+# %% ../nbs/01_spectrum.ipynb #bf0a32ff
 def fim_eigvalsh(p:Tensor, # (..., T) attention probabilities along the last dim
                  k:int|None=None, # number of largest eigenvalues; None -> all T
                  tau:float=1.0, # softmax temperature > 0: eigenvalues scale as 1/tau^2
@@ -240,7 +243,7 @@ def fim_eigvalsh(p:Tensor, # (..., T) attention probabilities along the last dim
     lam = lam.masked_fill(~vmask.reshape(-1, 1), float("nan"))
     return lam.reshape(*p.shape[:-1], k)
 
-# %% ../nbs/01_spectrum.ipynb #50a08036
+# %% ../nbs/01_spectrum.ipynb #09fcaf2a
 def _column_groups(P:Tensor, # (B, N, T) float64 rows (invalid rows zeroed)
                    seed:int=0,
                   )->tuple[Tensor, Tensor, Tensor]: # gid (B, T), dup (B, T) bool, n_groups (B,)
@@ -258,7 +261,7 @@ def _column_groups(P:Tensor, # (B, N, T) float64 rows (invalid rows zeroed)
     dup = torch.empty_like(same).scatter_(1, perm, same)                         # True: a column equal to an earlier one
     return gid, dup, gid_sorted[:, -1] + 1
 
-# %% ../nbs/01_spectrum.ipynb #81d0bbab
+# %% ../nbs/01_spectrum.ipynb #e822963e
 def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
                   pbar:Tensor, # (B, T) column means over valid rows
                   nv:Tensor, # (B,) number of valid rows (>= 1)
@@ -332,7 +335,7 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
         lam = torch.topk(torch.cat([lam, defl], -1), k, dim=-1).values
     return lam, restart + 1
 
-# %% ../nbs/01_spectrum.ipynb #a647cdbf
+# %% ../nbs/01_spectrum.ipynb #d8f6aa52
 def _mean_fim_dense(P:Tensor, # (B, N, T) rows, invalid ones zeroed
                     nv:Tensor, # (B,) number of valid rows
                    )->Tensor: # (B, T, T) mean FIM, every entry without cancellation
@@ -340,7 +343,7 @@ def _mean_fim_dense(P:Tensor, # (B, N, T) rows, invalid ones zeroed
     M = -(P.transpose(1, 2) @ P) / nv.view(-1, 1, 1)
     return M.diagonal_scatter((P * (1 - P)).sum(1) / nv.view(-1, 1), dim1=-2, dim2=-1)
 
-# %% ../nbs/01_spectrum.ipynb #8f9023c0
+# %% ../nbs/01_spectrum.ipynb #99121f2a
 def mean_fim_eigvalsh(p:Tensor, # (..., N, T): N rows (queries) per group (head)
                       k:int|None=None, # number of largest eigenvalues; None -> all T
                       tau:float=1.0, # temperature > 0
