@@ -7,12 +7,12 @@ Two figures, both measured in one process with the two arms interleaved (medians
    row of every head of every layer of its fixed batch, per-query metrics, plus the mean FIM of
    `fim_rows` sampled rows per head) against one optimiser step at the default batch size;
 2. **overhead at the default cadence**: two trainers with the same config, one with the callback
-   (every `fim_interval` steps) and one without, advanced in alternating chunks of
-   `fim_interval` steps; overhead = (time with - time without) / time without. Both arms do
-   identical training work (the callback does not touch the training RNG stream).
+   (every `fim_interval` steps) and one without, advanced alternately one step at a time;
+   overhead = (time with - time without) / time without. Both arms do identical training work
+   (the callback does not touch the training RNG stream).
 
     OMP_NUM_THREADS=2 python benchmarks/bench_callback.py             # defaults
-    python benchmarks/bench_callback.py --chunks 6 --device cuda      # more chunks, on a GPU
+    python benchmarks/bench_callback.py --steps 1000 --device cuda    # longer, on a GPU
 """
 import argparse
 import statistics
@@ -40,13 +40,14 @@ def timed(fn, dev):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=7, help="interleaved repetitions for figure 1")
-    ap.add_argument("--chunks", type=int, default=3, help="chunks of fim_interval steps per arm for figure 2")
+    ap.add_argument("--steps", type=int, default=None, help="steps per arm for figure 2 (default 2 x fim_interval; 0 skips it)")
     ap.add_argument("--fim_interval", type=int, default=TrainConfig.fim_interval)
     ap.add_argument("--batch_size", type=int, default=TrainConfig.batch_size)
     ap.add_argument("--fim_batch_size", type=int, default=TrainConfig.fim_batch_size)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = ap.parse_args(argv)
+    if args.steps is None: args.steps = 2 * args.fim_interval
     if args.threads: torch.set_num_threads(args.threads)
 
     out = tempfile.mkdtemp(prefix="bench_callback_")
@@ -87,30 +88,29 @@ def main(argv=None):
     print(f"   ratio callback / step    {ct / st:8.3f}   (target <= 1)")
     print(f"   implied overhead at fim_interval={cfg.fim_interval}: {ct / (cfg.fim_interval * st):.2%}")
 
-    if args.chunks == 0: return
-    # 2. the same run with and without the callback, alternating chunks of fim_interval steps
-    def chunk(tr):
-        def run():
-            for _ in range(cfg.fim_interval):
-                tr.train_step()
-                for c in tr.callbacks: c.on_step_end(tr)
-        return run
-    # align both trainers on a step that is a multiple of the interval, so each chunk holds one measurement
-    for tr in (with_cb, without):
+    if args.steps == 0: return
+    # 2. the same run with and without the callback, interleaved step by step (load drift hits both arms)
+    for tr in (with_cb, without):  # align on a multiple of the interval: each interval holds one measurement
         while tr.step % cfg.fim_interval: tr.train_step()
+    def one(tr):
+        def run():
+            tr.train_step()
+            for c in tr.callbacks: c.on_step_end(tr)
+        return run
     a, b = [], []
-    for i in range(args.chunks):
-        first, second = (with_cb, without) if i % 2 == 0 else (without, with_cb)  # alternate the order too
-        t1, t2 = timed(chunk(first), dev), timed(chunk(second), dev)
-        (a if first is with_cb else b).append(t1)
-        (b if second is without else a).append(t2)
-        print(f"   chunk {i + 1}/{args.chunks}: with {a[-1]:.2f} s, without {b[-1]:.2f} s")
-    with_s, without_s = statistics.median(a), statistics.median(b)
+    for i in range(args.steps):
+        pair = [(with_cb, a), (without, b)]
+        if i % 2: pair.reverse()  # alternate which arm goes first
+        for tr, acc in pair: acc.append(timed(one(tr), dev))
     n_meas = sum(1 for r in open(out + "/with/log.jsonl") if '"event": "fisher"' in r)
-    print(f"\n2. {cfg.fim_interval} steps with callback    median {with_s:8.2f} s")
-    print(f"   {cfg.fim_interval} steps without callback median {without_s:8.2f} s   ({n_meas} measurements logged)")
-    print(f"   overhead                 {(with_s - without_s) / without_s:8.2%}   (target <= 2%; noise: "
-          f"spread of the without-arm {(max(b) - min(b)) / without_s:.1%})")
+    tw, to = sum(a), sum(b)
+    cb_steps = [x - y for x, y in zip(a, b)]
+    print(f"\n2. {args.steps} steps, arms interleaved step by step; {n_meas} callback measurements in the with-arm")
+    print(f"   with callback            {tw:8.1f} s")
+    print(f"   without callback         {to:8.1f} s")
+    print(f"   overhead                 {(tw - to) / to:8.2%}   (target <= 2%)")
+    noise = statistics.pstdev(cb_steps[k] for k in range(len(cb_steps)) if (k + 1) % cfg.fim_interval) * len(a) ** 0.5
+    print(f"   noise (sd of the paired step differences x sqrt(n), relative): {noise / to:.2%}")
     with_cb.logger.close(); without.logger.close()
 
 
