@@ -30,7 +30,7 @@ from .model import GPT, GPTConfig
 # %% auto #0
 __all__ = ['RUNTIME_FIELDS', 'CKPT_FORMAT', 'FIM_MODES', 'TrainConfig', 'config_diff', 'lr_at', 'RunLogger', 'read_log',
            'CheckpointError', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'Callback',
-           'FisherMetricsCallback', 'Trainer', 'train', 'config_from_args', 'main']
+           'FisherMetricsCallback', 'Trainer', 'train', 'config_from_args', 'train_main']
 
 # %% ../nbs/06_training.ipynb #19746250
 @dataclass
@@ -638,8 +638,13 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     model = GPTConfig(**{k[2:]: v for k, v in ns.items() if k.startswith("m.")})
     return TrainConfig(model=model, **{k[2:]: v for k, v in ns.items() if k.startswith("t.")})
 
-def main(argv: list[str] | None = None) -> int:
-    "Command-line entry: train, print the final metrics as JSON; exit code 128 + signal when interrupted."
-    res = train(config_from_args(argv))
+def train_main(argv: list[str] | None = None) -> int:
+    "Command-line entry: train and print the final metrics as JSON. Exit codes: 0 done, 1 bad data or checkpoint, 2 bad flags, 128 + signal when interrupted."
+    try: cfg = config_from_args(argv)
+    except (ValueError, TypeError) as e:
+        print(f"train: error: {e}", file=sys.stderr); return 2
+    try: res = train(cfg)
+    except (ValueError, OSError, CheckpointError) as e:  # the validation errors name the problem: no traceback needed
+        print(f"train: error: {e}", file=sys.stderr); return 1
     if int(os.environ.get("RANK", "0")) == 0: print(json.dumps(_jsonable(res)))
     return 128 + int(getattr(signal, res["interrupted"])) if res["interrupted"] else 0

@@ -7,7 +7,7 @@
 """
 import sys
 
-from fim_attention.training import main
+from fim_attention.training import train_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(train_main())

@@ -15,7 +15,8 @@ from fim_attention.data import load_corpus
 from fim_attention.metrics import METRIC_NAMES, fim_metrics
 from fim_attention.model import GPTConfig
 from fim_attention.training import (Callback, CheckpointError, FisherMetricsCallback, TrainConfig, Trainer,
-                                    config_from_args, load_checkpoint, lr_at, read_log, save_checkpoint, train)
+                                    config_from_args, load_checkpoint, lr_at, read_log, save_checkpoint, train,
+                                    train_main)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)
@@ -222,6 +223,18 @@ def test_config_from_args():
     assert cfg.data == "x.txt" and cfg.tensorboard is False and cfg.model.d_latent == 16
     assert config_from_args(["--resume", "runs/x/ckpt.pt"]).resume == "runs/x/ckpt.pt"
     assert config_from_args([]) == TrainConfig()
+
+
+def test_cli_exit_codes_and_messages(tmp_path, capsys):
+    assert train_main(["--attn", "bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert train_main(["--n_embd", "30", "--n_head", "4"]) == 2  # not divisible
+    assert train_main(["--data", str(tmp_path / "missing.txt"), "--out_dir", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "missing.txt" in err and "Traceback" not in err and not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit) as e:
+        train_main(["--no_such_flag", "1"])
+    assert e.value.code == 2
 
 
 CLI_TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
