@@ -14,7 +14,7 @@ import torch
 from fim_attention.data import load_corpus
 from fim_attention.metrics import METRIC_NAMES, fim_metrics
 from fim_attention.model import GPTConfig
-from fim_attention.training import (Callback, CheckpointError, FisherMetricsCallback, TrainConfig, Trainer,
+from fim_attention.training import (RUNTIME_FIELDS, Callback, CheckpointError, FisherMetricsCallback, TrainConfig, Trainer,
                                     config_from_args, load_checkpoint, lr_at, read_log, save_checkpoint, train,
                                     train_main)
 
@@ -41,7 +41,7 @@ def trajectory(out_dir):
     recs = [{k: v for k, v in r.items() if k not in VOLATILE} for r in read_log(out_dir)
             if r["event"] not in ("checkpoint", "interrupt", "resume", "end")]
     for r in recs:
-        if r["event"] == "config": r["config"].pop("out_dir")
+        if r["event"] == "config": r["config"] = {k: v for k, v in r["config"].items() if k not in RUNTIME_FIELDS}
     return recs
 
 
@@ -85,6 +85,29 @@ def test_resume_is_exact(tmp_path, corpus):
     sd_full = load_checkpoint(tmp_path / "full" / "ckpt.pt")["model"]
     sd_part = load_checkpoint(tmp_path / "part" / "ckpt.pt")["model"]
     assert all(torch.equal(sd_full[k], sd_part[k]) for k in sd_full)
+
+
+class Crash(Callback):
+    def on_step_end(self, trainer):
+        if trainer.step == 7: raise RuntimeError("simulated crash")
+
+
+def test_crash_then_resume_cuts_the_logs_back(tmp_path, corpus):
+    # a hard failure after the step-4 checkpoint: log.jsonl and TensorBoard already hold steps 5-7
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    train(tiny(tmp_path, "full", tensorboard=True), corpus=corpus)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny(tmp_path, "crash", ckpt_interval=4, tensorboard=True), callbacks=[Crash()], corpus=corpus)
+    assert max(losses(tmp_path / "crash")) == 7 and load_checkpoint(tmp_path / "crash" / "ckpt.pt")["step"] == 4
+    train(tiny(tmp_path, "crash", ckpt_interval=4, tensorboard=True, resume=True), corpus=corpus)
+    assert trajectory(tmp_path / "full") == trajectory(tmp_path / "crash")
+    acc = EventAccumulator(str(tmp_path / "crash" / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    ref = EventAccumulator(str(tmp_path / "full" / "tb"), size_guidance={"scalars": 0})
+    ref.Reload()
+    got = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert got == [(e.step, e.value) for e in ref.Scalars("train/loss")] and [s for s, _ in got] == list(range(1, 13))
 
 
 def test_callback_does_not_touch_training_rng(tmp_path, corpus):
