@@ -140,7 +140,8 @@ def test_render_notebook(tmp_path):
     ]}
     ln = bd.Linker(_cfg(), {}, {})
     warns = []
-    title, md = bd.render_notebook(nb, "spectrum.md", tmp_path / "spectrum_files", ln, warns.append)
+    title, md = bd.render_notebook(nb, "spectrum.md", tmp_path / "spectrum_files", ln,
+                                   lambda m, fatal=False: warns.append((m, fatal)))
     assert title == "The spectrum" and md.startswith('---\ntitle: "The spectrum"')
     assert "show_doc" not in md                                   # echo: false
     assert "### fim_eigvalsh { #fim_eigvalsh" in md               # the anchor nbdev's links use
@@ -151,6 +152,15 @@ def test_render_notebook(tmp_path):
     assert "secret" not in md and "shown()" in md and "hidden" not in md
     assert not warns
     assert r'roots of <span class="arithmatex">\(G\)</span>' in html.unescape(md)                 # math in the subtitle too
+
+
+def test_show_doc_that_rendered_nothing_is_an_error(tmp_path):
+    nb = {"cells": [{"cell_type": "code", "source": "#| echo: false\n#| output: asis\nshow_doc(f)", "outputs": [
+        {"output_type": "stream", "name": "stdout",
+         "text": "Traceback (most recent call last):\n\x1b[31mFileNotFoundError\x1b[39m: no such file: 'pkg/cli.py'\n"}]}]}
+    warns = []
+    bd.render_notebook(nb, "a.md", tmp_path, bd.Linker(_cfg(), {}, {}), lambda m, fatal=False: warns.append((m, fatal)))
+    assert len(warns) == 1 and warns[0][1] and "FileNotFoundError" in warns[0][0]
 
 
 def test_nav_label():

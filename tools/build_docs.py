@@ -404,6 +404,13 @@ def render_notebook(nb, page, files_dir, linker, warn):
             parts.append(block)
         if not show_out:
             continue
+        if "show_doc" in code and show_out and not any("text/markdown" in (o.get("data") or {})
+                                                        for o in c.get("outputs", [])):
+            # show_doc's Markdown failed to render (IPython prints the formatter's traceback instead)
+            txt = _ansi.sub("", " ".join(src_text(o.get("text")) or " ".join(o.get("traceback") or [])
+                                         for o in c.get("outputs", [])))
+            err = next((l.strip() for l in reversed(txt.splitlines()) if re.match(r"\s*\w+(Error|Exception)\b", l)), "")
+            warn(f"{page}: cell {ci}: {code.strip()[:60]!r} rendered no documentation {err[:200]}", fatal=True)
         stream_buf = []  # merge consecutive stream chunks of the same name
 
         def flush():
@@ -423,7 +430,7 @@ def render_notebook(nb, page, files_dir, linker, warn):
             if ot == "error":
                 tb = "\n".join(o.get("traceback") or [f"{o.get('ename')}: {o.get('evalue')}"])
                 parts.append(pre(tb, "nb-error"))
-                warn(f"{page}: cell {ci} has a stored error output ({o.get('ename')})")
+                warn(f"{page}: cell {ci} has a stored error output ({o.get('ename')})", fatal=False)
                 continue
             data = o.get("data") or {}
             meta = o.get("metadata") or {}
@@ -735,11 +742,15 @@ def main():
         src_nav.append({py: page})
 
     # -- notebook pages
-    warnings = []
+    warnings, errors = [], []
     nav = []
+
+    def warn(msg, fatal=False):
+        (errors if fatal else warnings).append(msg)
+
     for rel, page, nb, fm in plan:
         files_dir = PAGES / (page[:-3] + "_files")
-        title, md = render_notebook(nb, page, files_dir, linker, warnings.append)
+        title, md = render_notebook(nb, page, files_dir, linker, warn)
         (PAGES / page).parent.mkdir(parents=True, exist_ok=True)
         (PAGES / page).write_text(md, encoding="utf-8")
         titles[page] = title
@@ -758,8 +769,8 @@ def main():
         log("warning:", w)
     if linker.to_source:
         log(f"note: links to names without a show_doc entry go to their source: {', '.join(sorted(set(linker.to_source)))}")
-    if linker.missing:
-        sys.exit("broken nbdev links:\n  " + "\n  ".join(linker.missing))
+    if linker.missing or errors:
+        sys.exit("docs build failed:\n  " + "\n  ".join(errors + [f"broken nbdev link: {m}" for m in linker.missing]))
 
     # -- assets and config
     assets = PAGES / "assets"
