@@ -81,46 +81,105 @@ def one_minus_sum(p:Tensor, # (..., T) float32 or float64
         err = err + e.sum(-1)                                                    # the errors are tiny: a plain sum is enough
     return ((1 - x[..., 0]) - err).to(p.dtype)
 
+# %% ../nbs/01_spectrum.ipynb #7a11c0df
+_RHO = 0.5                                                                       # tail entries: p_j <= rho * p_(k+1)
+
+def _tail_terms(dtype)->int:
+    "Series length K with rho^K <= eps/4: the tail's truncation error stays a quarter below G's stopping level."
+    return math.ceil(math.log(_eps(dtype) / 4) / math.log(_RHO))
+
+
+# %% ../nbs/01_spectrum.ipynb #7a11c0e0
+def _tail_split(S:Tensor, # (R, T) rows sorted descending
+                k:int, # top-k eigenvalues wanted: every root x > a = S[:, k]
+               )->tuple[Tensor, Tensor]: # (a (R,), J (R,)): entries from column J on are <= rho * a (the tail)
+    "Where each row's far tail starts: the first column with p_j <= rho * p_(k+1); no tail when it would not pay."
+    R, T = S.shape
+    K = _tail_terms(S.dtype)
+    a = S[:, k] if k < T else S.new_zeros(R)                                    # (R,) lower end of the last bracket
+    J = torch.searchsorted(-S, (-_RHO * a).unsqueeze(-1).contiguous(), right=False).squeeze(-1)   # (R,) #{j: p_j > rho a}
+    return a, torch.where(T - J < 2 * K, T, J)                                   # a short tail is cheaper summed directly
+
+def _tail_power_sums(S:Tensor, # (R, T) rows sorted descending
+                     a:Tensor, J:Tensor, # from _tail_split
+                    )->Tensor: # (R, K) N_m = sum_{j >= J} (p_j / a)^m, m = 1..K
+    "Power sums of each row's tail, scaled by a (no overflow or underflow of what matters); each entry only as far as it counts."
+    R, T = S.shape
+    K = _tail_terms(S.dtype)
+    cols = torch.arange(T, device=S.device)
+    U = torch.where((cols >= J.unsqueeze(-1)) & (a > 0).unsqueeze(-1), S / torch.where(a > 0, a, 1).unsqueeze(-1), 0)  # (R, T) u_j <= rho
+    # term m of entry j is needed only while u_j^(m-1) > rho^K (else its truncation error is below rho^K |term_j|):
+    # the entries u_j > rho^(K/(m-1)) are a prefix of the sorted row. One host sync for all prefix lengths.
+    th = _RHO ** (K / torch.arange(1, K, device=S.device, dtype=S.dtype))        # (K-1,) thresholds for m = 2..K
+    L = torch.searchsorted(-S, -(th.unsqueeze(0) * a.unsqueeze(-1)).contiguous(), right=False).amax(0).tolist() if R else [0] * (K - 1)
+    q, N = U, [U.sum(-1)]
+    for m in range(1, K):
+        c = L[m - 1]
+        q = q[:, :c] * U[:, :c]
+        N.append(q.sum(-1))
+    return torch.stack(N, -1)
+
+def _bucket(J:Tensor, H:int, T:int)->Tensor:
+    "Round widths up to {2^e, 1.5*2^e} (>= H, <= T): a few chunk shapes, at most 1/3 padding."
+    J = J.clamp_min(H).to(torch.float64)
+    e = torch.floor(torch.log2(J))
+    b = torch.where(J <= 1.5 * 2**e, 1.5 * 2**e, 2**(e + 1))
+    b = torch.where(J <= 2**e, 2**e, b)
+    return b.clamp_max(T).to(torch.int64)
+
+
 # %% ../nbs/01_spectrum.ipynb #e4902d43
-def _secular_eval(P, pd, t, x, head, c0):
-    "G(x) = sum_j p_j/(p_j - x) - c0/x with pole-split derivatives; P sorted descending, `head` marks the poles above x."
-    H = head.shape[-1]                                                           # the poles above x are among the first H
-    delta = pd - t.unsqueeze(-1)                                                 # (n, T) p_j - x with full relative accuracy
-    term = P / delta                                                             # (n, T) p_j/(p_j - x)
-    dterm = term / delta                                                         # (n, T) p_j/(p_j - x)^2 >= 0
-    th, dh, tt, dt = term[:, :H], dterm[:, :H], term[:, H:], dterm[:, H:]        # head (masked) | tail (all below x)
-    zero = term.new_zeros(())
-    gpos = torch.where(head, th, zero).sum(-1)                                   # poles above x: positive terms
-    gneg = torch.where(head, zero, th).sum(-1) + tt.sum(-1)                      # poles below x: negative terms
-    dphi = torch.where(head, dh, zero).sum(-1)
+def _secular_eval(P, pd, t, x, hpos, hneg, c0, tail=None):
+    "G(x) = sum_j p_j/(p_j - x) - c0/x with pole-split derivatives; P sorted descending, `hpos` marks the poles above x."
+    H = hpos.shape[-1]                                                           # the poles above x are among the first H
+    delta = pd - t.unsqueeze(-1)
+    term = P / delta
+    dterm = term / delta
+    th, dh = term[:, :H], dterm[:, :H]                                           # head (masked) | rest (all below x)
+    gpos = (th * hpos).sum(-1)                                                   # poles above x: positive terms
+    gneg = (th * hneg).sum(-1) + term[:, H:].sum(-1)                             # poles below x: negative terms
+    dphi = (dh * hpos).sum(-1)
+    dpsi = (dh * hneg).sum(-1) + dterm[:, H:].sum(-1)
+    if tail is not None:                                                         # far poles by power sums, O(K) (see text)
+        a, Nm, mNm = tail                                                        # (n,), (n, K), (n, K)
+        z = a / x                                                                # <= 1
+        Z = torch.cumprod(z.unsqueeze(-1).expand_as(Nm), -1)                     # (n, K) z^m
+        gt = (Z * Nm).sum(-1)                                                    # sum over the tail of p_j/(x - p_j) >= 0
+        gneg = gneg - gt
+        dpsi = dpsi + (Z * mNm).sum(-1) / x
     cx = c0 / x
     # c0 >= 0 is one more pole (at 0, below x) with a positive weight: part of psi. A negative c0 would be a
     # pole of negative weight, which breaks the model; its term then stays in the model's constant only.
-    dpsi = torch.where(head, zero, dh).sum(-1) + dt.sum(-1) + (cx / x).clamp_min(0)
+    dpsi = dpsi + (cx / x).clamp_min(0)
     G = gpos + gneg - cx
     gabs = gpos - gneg + cx.abs()                                                # sum of |terms|: scale of G's rounding error
     return G, dpsi, dphi, gabs
 
+
 # %% ../nbs/01_spectrum.ipynb #6bcf9e66
-def _secular_pairs(P:Tensor, # (n, T) the row of each (row, eigenvalue) pair, sorted descending
+def _secular_pairs(P:Tensor, # (n, J) the row of each (row, eigenvalue) pair, sorted descending (its first J entries)
                    i:Tensor, # (n,) eigenvalue index: lambda_i lies in (P[:, i+1], P[:, i])
-                   H:int, # head width: max(i) + 2 <= H, the poles above lambda_i are P[:, :i+1]
+                   H:int, # head width: max(i) + 2 <= H <= J, the poles above lambda_i are P[:, :i+1]
                    c0:Tensor, # (n,) 1 - sum(p) of the row
                    max_iter:int=100, check_every:int=2,
+                   tail:tuple|None=None, # (a (n,), N (n, K), m*N (n, K)): the row's far entries by power sums
                   )->tuple[Tensor, Tensor]: # (lambda (n,), iterations used per pair (n,))
     "dlaed4-style root of G in (lo, hi): origin at the nearer pole, two-pole rational model, sign-bracket safeguard."
-    eps = _eps(P.dtype); T = P.shape[-1]
+    eps = _eps(P.dtype)
     ctol = eps                                                                   # |G| below its own rounding level: stop
     hi = P.gather(1, i.unsqueeze(1)).squeeze(1); lo = P.gather(1, (i + 1).unsqueeze(1)).squeeze(1)
-    head = torch.arange(H, device=P.device) <= i.unsqueeze(1)                    # (n, H) poles at or above hi
+    hpos = (torch.arange(H, device=P.device) <= i.unsqueeze(1)).to(P.dtype)     # (n, H) 1 at the poles at or above hi
+    hneg = 1 - hpos
+    ta, tN, tmN = tail if tail is not None else (None, None, None)
+    mk = lambda: None if ta is None else (ta, tN, tmN)
     width = hi - lo
     half = width / 2
     mid = lo + half
     # 1. evaluate at the midpoint to choose the origin: the pole the root is nearer to
-    G, dpsi, dphi, gabs = _secular_eval(P, P - lo.unsqueeze(-1), half, mid, head, c0)
+    G, dpsi, dphi, gabs = _secular_eval(P, P - lo.unsqueeze(-1), half, mid, hpos, hneg, c0, mk())
     use_hi = G < 0                                                               # G: -inf at lo+, +inf at hi-: G(mid) < 0 => root in (mid, hi)
     origin = torch.where(use_hi, hi, lo)
-    pd = P - origin.unsqueeze(-1)                                                # (n, T) exact for the two bracket poles
+    pd = P - origin.unsqueeze(-1)                                                # (n, J) exact for the two bracket poles
     t = torch.where(use_hi, -half, half)                                         # current point as an offset from origin
     blo = torch.where(use_hi, -half, torch.zeros_like(half))                     # open sign bracket, offsets from origin
     bhi = torch.where(use_hi, torch.zeros_like(half), half)
@@ -153,12 +212,13 @@ def _secular_pairs(P:Tensor, # (n, T) the row of each (row, eigenvalue) pair, so
                 fin = idx[done]
                 out[fin] = (origin + t)[done]; out_it[fin] = iters[done]
                 keep = ~done
-                P, pd, head, c0, origin, t, tn, blo, bhi, dlo, dhi, G, dpsi, dphi, gabs, iters, idx = (
-                    z[keep] for z in (P, pd, head, c0, origin, t, tn, blo, bhi, dlo, dhi, G, dpsi, dphi, gabs, iters, idx))
+                P, pd, hpos, hneg, c0, origin, t, tn, blo, bhi, dlo, dhi, G, dpsi, dphi, gabs, iters, idx = (
+                    z[keep] for z in (P, pd, hpos, hneg, c0, origin, t, tn, blo, bhi, dlo, dhi, G, dpsi, dphi, gabs, iters, idx))
+                if ta is not None: ta, tN, tmN = ta[keep], tN[keep], tmN[keep]
                 done = done[keep]
         tn = torch.where(done, t, tn)
         # 4. evaluate, shrink the bracket, test convergence
-        Gn, dpsin, dphin, gabsn = _secular_eval(P, pd, tn, origin + tn, head, c0)
+        Gn, dpsin, dphin, gabsn = _secular_eval(P, pd, tn, origin + tn, hpos, hneg, c0, mk())
         act = ~done
         blo = torch.where(act & (Gn < 0), tn, blo)
         bhi = torch.where(act & (Gn > 0), tn, bhi)
@@ -176,10 +236,13 @@ def _secular_pairs(P:Tensor, # (n, T) the row of each (row, eigenvalue) pair, so
     out[idx] = origin + t; out_it[idx] = iters
     return out, out_it
 
+
 # %% ../nbs/01_spectrum.ipynb #8a4425ab
 def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
                   k:int, max_bytes:int, max_iter:int=100,
-                  return_iters:bool=False, chunk_elems:int|None=None):
+                  return_iters:bool=False, chunk_elems:int|None=None,
+                  use_tail:bool=True, # False: every evaluation sums all T terms (the plain path, for checks)
+                 ):
     "Top-k FIM eigenvalues (tau=1) of each row via interlacing brackets, deflation and the secular root finder."
     R, T = P.shape
     c0 = one_minus_sum(P)                                                        # (R,)
@@ -190,20 +253,43 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
     need = (lo < hi) & (lo > 0)                                                  # (R, k) pairs needing a root
     iters = torch.zeros_like(hi, dtype=torch.int32)
     ridx, cidx = need.nonzero(as_tuple=True)                                     # one host sync per call
-    per_pair = T * P.element_size() * 8                                          # ~8 live (n, T) temporaries
     if chunk_elems is None: chunk_elems = 2**18 if P.device.type == "cpu" else 2**62   # CPU: stay in cache; GPU: big launches
-    chunk = max(1, min(max_bytes // per_pair, chunk_elems // T))                 # (pairs per chunk) under the memory cap
     H = min(k + 1, T)
     groups = [(ridx, cidx, S, c0)]
     if P.dtype != torch.float64:                                                 # float32: pairs with a gap below 2^-50 run in
         tiny = hi[ridx, cidx] < 2.0**-50                                         # float64 (c0/x^2 would overflow, subnormals lose digits)
         groups = [(ridx[~tiny], cidx[~tiny], S, c0), (ridx[tiny], cidx[tiny], S.double(), one_minus_sum(P.double()))]
     for rr, cc, SS, cc0 in groups:
-        for s in range(0, rr.numel(), chunk):
-            r, c = rr[s:s + chunk], cc[s:s + chunk]
-            l, it = _secular_pairs(SS[r], c, H, cc0[r], max_iter)
-            lam[r, c] = l.to(lam.dtype); iters[r, c] = it
+        if rr.numel() == 0: continue
+        K = _tail_terms(SS.dtype)
+        a, J = _tail_split(SS, k)                                                # (R,), (R,)
+        if not use_tail: J = torch.full_like(J, T)
+        Jb = _bucket(J, H, T)[rr]                                                # (n,) middle width of each pair's chunk
+        order = torch.argsort(Jb, stable=True)
+        rr, cc, Jb = rr[order], cc[order], Jb[order]
+        widths, counts = torch.unique_consecutive(Jb, return_counts=True)
+        NS = None
+        if bool((widths < T).any()):
+            rows = torch.unique(rr[Jb < T])
+            NS = SS.new_zeros(R, K); NS[rows] = _tail_power_sums(SS[rows], a[rows], J[rows])
+        s0 = 0
+        for Jc, cnt in zip(widths.tolist(), counts.tolist()):
+            per_pair = (Jc + (2 * K if Jc < T else 0)) * SS.element_size() * 8   # ~8 live (n, J) temporaries
+            chunk = max(1, min(max_bytes // per_pair, chunk_elems // (Jc + K)))  # pairs per chunk under the memory cap
+            for s in range(s0, s0 + cnt, chunk):
+                e = min(s + chunk, s0 + cnt)
+                r, c = rr[s:e], cc[s:e]
+                Pm = SS[r, :Jc]                                                  # (n, Jc) the row's head and middle
+                tail = None
+                if Jc < T:                                                       # entries past the row's own J: in its power sums
+                    Pm = Pm.masked_fill(torch.arange(Jc, device=P.device) >= J[r].unsqueeze(-1), 0)
+                    Nr = NS[r]
+                    tail = (a[r], Nr, Nr * torch.arange(1, K + 1, device=P.device, dtype=SS.dtype))
+                l, it = _secular_pairs(Pm, c, H, cc0[r], max_iter, tail=tail)
+                lam[r, c] = l.to(lam.dtype); iters[r, c] = it
+            s0 += cnt
     return (lam, iters) if return_iters else lam
+
 
 # %% ../nbs/01_spectrum.ipynb #b936b3ce
 def _check_k(k, T):

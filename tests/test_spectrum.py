@@ -105,6 +105,38 @@ def test_large_T_top16_vs_scipy():
     assert np.max(np.abs(ours - sp) / sp) <= 1e-10
 
 
+def _softmax_rows(n, T, dtype, seed, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(scale * torch.randn(n, T, generator=g, dtype=torch.float64), -1).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("k", [1, 16, 40])
+def test_tail_power_sums_equal_plain_sums(dtype, k):
+    "The far tail by power sums (O(J + K) per evaluation) gives the plain O(T) path's roots to a few ulps, rows of mixed J in one call."
+    p = torch.cat([make_family(f, 6, 1024, dtype, seed=11) for f in
+                   ("dirichlet_1", "dirichlet_0.05", "dirichlet_10", "peaked_0.999", "causal", "saturated")]
+                  + [_softmax_rows(12, 1024, dtype, 3), _softmax_rows(6, 1024, dtype, 4, scale=0.3), _softmax_rows(4, 1024, dtype, 6, scale=0.05)])
+    S = torch.sort(p, -1, descending=True).values
+    from fim_attention.spectrum import _tail_split
+    _, J = _tail_split(S, k)
+    assert (J < 1024).sum() >= 20 and (J == 1024).any()                # both paths are exercised
+    fast, its = _secular_topk(p, k, 2**28, return_iters=True, chunk_elems=2**14)
+    plain = _secular_topk(p, k, 2**28, use_tail=False)
+    m = plain > 0
+    assert torch.equal(fast == 0, plain == 0)
+    assert ((fast - plain).abs()[m] / plain[m]).max().item() <= 8 * torch.finfo(dtype).eps
+    assert its.float()[its > 0].median() <= 5
+
+
+def test_tail_power_sums_vs_mpmath():
+    "Rows that use the tail, against the 90-digit oracle (T = 400)."
+    p = torch.cat([_softmax_rows(1, 400, torch.float64, 5), make_family("dirichlet_0.05", 1, 400, seed=5)])
+    from fim_attention.spectrum import _tail_split
+    assert (_tail_split(torch.sort(p, -1, descending=True).values, 16)[1] < 400).all()
+    assert rel_err(fim_eigvalsh(p, 16).numpy(), mpmath_secular_eigvalsh(p, 16, dps=40)) <= 1e-10
+
+
 # ---------------------------------------------------------------- float32 / half input
 @pytest.mark.parametrize("T", [16, 256])
 @pytest.mark.parametrize("fam", FAMILIES)
