@@ -1,0 +1,283 @@
+"""Tests of the ablation study: runner (smoke, resume, recipe guard), spectrum probe (oracle, RNG isolation),
+summaries, seed statistics, verdict rules and the `ablate` / `report` command-line functions."""
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from fim_attention.ablation import (LABELS, VARIANTS, AblationConfig, SpectrumProbe, _direction, _equivalent, _rank_at,
+                                    add_ablate_arguments, add_report_arguments, check_seeds, check_variants, compare,
+                                    final_values, layer_spectra, report, run_ablate, run_ablation, run_finished,
+                                    run_report, seed_stats, summarize, train_config, verdicts)
+from fim_attention.metrics import reference_metrics
+from fim_attention.oracle import scipy_eigvalsh, scipy_mean_fim_eigvalsh
+from fim_attention.training import read_log, train
+
+TINY = AblationConfig(steps=4, batch_size=4, block_size=32, n_layer=2, n_head=2, n_embd=32, eval_interval=2,
+                      eval_windows=4, fim_interval=2, fim_batch_size=2, fim_rows=8, probe_rows=8, ckpt_interval=0)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    "Two variants x one seed of a toy model, trained once for the module."
+    out = tmp_path_factory.mktemp("abl") / "study"
+    res = run_ablation(["standard", "ra_mla_kvsplice"], [0], out_dir=out, config=TINY, progress=False)
+    return out, res
+
+
+def _causal_probs(B, H, T, seed, scale=2.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(B, H, T, T, generator=g, dtype=torch.float64) * scale
+    return torch.softmax(s + torch.triu(torch.full((T, T), -math.inf, dtype=torch.float64), 1), -1).to(dtype)
+
+
+# ---------------------------------------------------------------- runner
+def test_smoke_study_trains_logs_and_summarizes(smoke):
+    out, res = smoke
+    assert [r["step"] for r in res] == [4, 4] and not any(r["stopped"] for r in res)
+    for name in ("standard_s0", "ra_mla_kvsplice_s0"):
+        assert run_finished(out / name, 4)
+        ev = [r["event"] for r in read_log(out / name)]
+        assert ev.count("spectra") == 3 and ev.count("fisher") == 3  # steps 0, 2, 4
+    man = json.loads((out / "study.json").read_text())
+    assert man["config"]["steps"] == 4 and man["sessions"][-1]["wall_s"] > 0
+    s = summarize(out)
+    a, b = s["runs"]["standard_s0"], s["runs"]["ra_mla_kvsplice_s0"]
+    assert a["finished"] and b["finished"] and b["reversed_layers"] == [1] and a["reversed_layers"] == []
+    assert b["kv_bytes_per_token"] < a["kv_bytes_per_token"]
+    assert len(a["fim"]["step"]) == len(a["fim"]["ref_step"]) == 3
+    for d in ("query", "mean", "ref", "all"):
+        v = np.array(a["fim"][d]["eigmax"], dtype=float)  # (steps, L)
+        assert v.shape == (3, 2) and np.isfinite(v).all() and (v > 0).all() and (v <= 0.5 + 1e-6).all()  # eigmax <= 1/2
+    cf = np.array(a["spectra"]["meanfim_cumfrac"], dtype=float)
+    assert np.all(np.diff(cf, axis=-1) >= -1e-4) and np.allclose(cf[:, -1], 1, atol=1e-4)
+
+
+def test_resume_skips_finished_and_guards_the_recipe(smoke):
+    out, _ = smoke
+    before = (out / "standard_s0" / "log.jsonl").read_bytes()
+    again = run_ablation(["standard", "ra_mla_kvsplice"], [0], out_dir=out, config=TINY, progress=False)
+    assert all(r.get("skipped") for r in again)
+    assert (out / "standard_s0" / "log.jsonl").read_bytes() == before
+    assert len(json.loads((out / "study.json").read_text())["sessions"]) == 2
+    with pytest.raises(ValueError, match="another recipe"):
+        run_ablation(["standard"], [0], out_dir=out, config=TINY, steps=5, progress=False)
+
+
+def test_subprocess_pool_runs_and_reports_failures(tmp_path):
+    res = run_ablation(["mla"], [0, 1], out_dir=tmp_path / "ok", config=TINY, jobs=2, progress=False)
+    assert sorted((r["seed"], r["returncode"]) for r in res) == [(0, 0), (1, 0)]
+    assert all(run_finished(tmp_path / "ok" / f"mla_s{s}", 4) for s in (0, 1))
+    bad = AblationConfig(**{**TINY.to_dict(), "data": str(tmp_path / "missing.txt")})
+    with pytest.raises(RuntimeError, match="runs failed"):
+        run_ablation(["mla"], [0], out_dir=tmp_path / "bad", config=bad, jobs=2, progress=False)
+
+
+def test_probe_does_not_change_training(tmp_path):
+    "The SpectrumProbe has its own generator: training with and without it gives the same losses."
+    cfgs = [train_config("ra_mla", 0, TINY, tmp_path / k) for k in ("with", "without")]
+    train(cfgs[0], callbacks=[SpectrumProbe(1, 2, 8)])
+    train(cfgs[1])
+    la = [r["train/loss"] for r in read_log(tmp_path / "with" / "ra_mla_s0", "train")]
+    lb = [r["train/loss"] for r in read_log(tmp_path / "without" / "ra_mla_s0", "train")]
+    assert la == lb and len(la) >= 1
+    assert len(read_log(tmp_path / "with" / "ra_mla_s0", "spectra")) == 5
+
+
+@pytest.mark.parametrize("bad", ["rra", "", "mla,foo"])
+def test_check_variants_rejects(bad):
+    with pytest.raises(ValueError):
+        check_variants(bad)
+
+
+def test_check_variants_and_seeds_normalise():
+    assert check_variants("RA+MLA, standard,ra_mla") == ["ra_mla", "standard"]
+    assert check_seeds(3) == [0, 1, 2] and check_seeds("2,0,2") == [2, 0]
+    for bad in ("x", "-1", []):
+        with pytest.raises(ValueError):
+            check_seeds(bad)
+
+
+@pytest.mark.parametrize("kw", [dict(steps=0), dict(warmup_steps=10, steps=10), dict(fim_interval=-1), dict(n_embd=1.5)])
+def test_config_rejects(kw):
+    with pytest.raises(ValueError):
+        AblationConfig(**kw)
+
+
+def test_train_config_matches_recipe():
+    cfg = train_config("mla_kvsplice", 7, AblationConfig(), "/tmp/x")
+    assert (cfg.max_steps, cfg.warmup_steps, cfg.batch_size, cfg.seed, cfg.lr, cfg.min_lr) == (300, 30, 16, 7, 1e-3, 1e-4)
+    assert cfg.model.attn == "mla_kvsplice" and cfg.out_dir.endswith("mla_kvsplice_s7")
+
+
+# ---------------------------------------------------------------- probe against the oracle
+@pytest.mark.parametrize("B,H,T,seed", [(2, 3, 24, 0), (1, 2, 40, 1), (3, 1, 9, 2)])
+def test_layer_spectra_matches_oracle(B, H, T, seed):
+    p = _causal_probs(B, H, T, seed)
+    p64 = p.double() / p.double().sum(-1, keepdim=True)
+    out = layer_spectra(p, n_rows=B * T, generator=torch.Generator().manual_seed(0))  # every row taken
+    oracle = scipy_mean_fim_eigvalsh(p64.transpose(0, 1).reshape(H, B * T, T))
+    assert np.allclose(out["meanfim_eig"].numpy(), oracle, rtol=0, atol=1e-12)
+    assert np.allclose(out["ref_eig"].numpy(), oracle, rtol=0, atol=2e-6)  # float32 dense path, same rows
+    q = np.nanmean(scipy_eigvalsh(p64).transpose(1, 0, 2, 3).reshape(H, B * T, T), 1)
+    assert np.allclose(out["query_eig"].numpy(), q, rtol=0, atol=1e-12)
+    cf = out["query_cumfrac"].numpy()
+    assert np.all(np.diff(cf, axis=-1) >= -1e-12) and np.allclose(cf[:, -1], 1)
+
+
+def test_layer_spectra_reproduces_reference_sample():
+    p = _causal_probs(2, 2, 32, 5)
+    out = layer_spectra(p, n_rows=16, generator=torch.Generator().manual_seed(9))
+    ref = reference_metrics(p, n_samples=16, generator=torch.Generator().manual_seed(9), return_eigvals=True)
+    assert torch.equal(out["ref_eigmax"], ref["eigmax"]) and torch.equal(out["ref_energy_r16"], ref["energy_r16"])
+
+
+def test_spectrum_metrics_match_fim_metrics():
+    "The all-rows metrics computed from stored spectra agree with the engine's fim_metrics on the same mean FIM."
+    from fim_attention.ablation import _spectrum_metrics
+    from fim_attention.metrics import fim_metrics
+    p = _causal_probs(2, 3, 20, 4).double()
+    p = p / p.sum(-1, keepdim=True)
+    rows = p.transpose(0, 1).reshape(3, 40, 20)  # (H, N, T)
+    lam = layer_spectra(p.float(), 8, torch.Generator().manual_seed(0))["meanfim_eig"].numpy()[None]  # (1, H, T)
+    mine = _spectrum_metrics(lam)
+    ref = fim_metrics(rows, mode="mean")
+    for k in ("eigmax", "trace", "energy_r8", "energy_r16", "eff_rank"):
+        assert np.isclose(mine[k][0], ref[k].double().mean().item(), rtol=1e-6), k
+
+
+def test_rank_at():
+    assert _rank_at(np.array([0.5, 0.89, 0.9, 1.0])) == 3 and _rank_at(np.array([0.95, 1.0])) == 1
+    assert np.isnan(_rank_at(np.array([np.nan, np.nan])))
+
+
+# ---------------------------------------------------------------- statistics and verdicts
+@pytest.mark.parametrize("seed", range(4))
+def test_compare_matches_scipy(seed):
+    rng = np.random.default_rng(seed)
+    n = 3 + seed
+    a, b = rng.normal(1, 0.1, n), rng.normal(1.1, 0.1, n)
+    c = compare(dict(enumerate(a)), dict(enumerate(b)))
+    d = a - b
+    hw = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)
+    assert math.isclose(c["diff"], d.mean(), rel_tol=1e-12) and math.isclose(c["ci_hi"] - c["diff"], hw, rel_tol=1e-12)
+    assert math.isclose(c["p"], stats.ttest_rel(a, b).pvalue, rel_tol=1e-9)
+    assert math.isclose(c["rel"], d.mean() / b.mean(), rel_tol=1e-12)
+
+
+def test_compare_pairs_only_common_finite_seeds():
+    c = compare({0: 1.0, 1: 2.0, 2: math.nan, 5: 1.0}, {0: 0.5, 1: 1.0, 2: 1.0})
+    assert c["seeds"] == [0, 1] and c["n"] == 2 and math.isclose(c["diff"], 0.75)
+
+
+def test_seed_stats():
+    s = seed_stats([1.0, 2.0, 3.0, None, math.nan])
+    assert (s["mean"], s["std"], s["n"]) == (2.0, 1.0, 3)
+    assert math.isclose(s["ci95"], stats.t.ppf(0.975, 2) / math.sqrt(3))
+    assert seed_stats([])["n"] == 0 and math.isnan(seed_stats([1.0])["std"])
+
+
+def _mk(lo, hi, base=1.0):
+    return {"ci_lo": lo, "ci_hi": hi, "rel_lo": lo / base, "rel_hi": hi / base}
+
+
+@pytest.mark.parametrize("lo,hi,want,expected", [(-0.3, -0.1, "<", "holds"), (0.1, 0.3, "<", "does not hold"),
+                                                 (-0.1, 0.1, "<", "inconclusive"), (0.1, 0.3, ">", "holds"),
+                                                 (math.nan, 0.1, "<", "inconclusive")])
+def test_direction_rule(lo, hi, want, expected):
+    assert _direction(_mk(lo, hi), want) == expected
+
+
+@pytest.mark.parametrize("lo,hi,expected", [(-0.05, 0.05, "holds"), (0.12, 0.3, "does not hold"),
+                                            (-0.3, -0.11, "does not hold"), (-0.05, 0.15, "inconclusive")])
+def test_equivalence_rule(lo, hi, expected):
+    assert _equivalent(_mk(lo, hi), 0.1) == expected
+
+
+def _synthetic_summary(values: dict, key="val_loss", L=2):
+    "A summary whose runs carry `values[variant][seed]` as `key` and as every FIM metric."
+    runs = {}
+    for v, by_seed in values.items():
+        for s, x in by_seed.items():
+            fim = {d: {m: [[x] * L] for m in ("eigmax", "energy_r16", "energy_r8", "trace")} for d in ("query", "mean", "ref", "all")}
+            runs[f"{v}_s{s}"] = {"variant": v, "seed": s, "finished": True, key: x, "reversed_layers": [1] if "ra" in v else [],
+                                 "fim": fim}
+    return {"runs": runs, "study": None}
+
+
+def test_verdicts_follow_the_rules():
+    # KVSplice 20% worse than MLA with tiny noise: claim 3 (quality) does not hold; RA+MLA clearly lower eigmax: claim 1 holds
+    vals = {"mla": {0: 1.0, 1: 1.01, 2: 0.99}, "mla_kvsplice": {0: 1.2, 1: 1.21, 2: 1.2},
+            "ra_mla": {0: 0.5, 1: 0.52, 2: 0.49}, "ra_mla_kvsplice": {0: 0.5, 1: 0.5, 2: 0.51},
+            "standard": {0: 1.0, 1: 1.0, 2: 1.0}, "ra": {0: 1.0, 1: 1.001, 2: 0.999}}
+    rows = verdicts(_synthetic_summary(vals))
+    get = lambda claim, a, b, metric: next(r for r in rows if r["claim"] == claim and r["A"] == LABELS[a]
+                                           and r["B"] == LABELS[b] and r["metric"] == metric)["verdict"]
+    assert get(1, "ra_mla", "mla", "fim:ref:eigmax") == "holds" and get(1, "ra_mla", "mla", "fim:all:eigmax") == "holds"
+    assert get(1, "ra", "standard", "fim:ref:eigmax") == "inconclusive"
+    assert get(3, "mla_kvsplice", "mla", "val_loss") == "does not hold"
+    assert get(3, "mla_kvsplice", "mla", "fim:ref:eigmax") == "does not hold"  # 20% apart: not "unchanged"
+    assert get(2, "mla_kvsplice", "mla", "val_loss") == "holds"  # compressing costs 20%
+
+
+def test_final_values_layer_selection():
+    s = _synthetic_summary({"ra_mla": {0: 0.3}})
+    s["runs"]["ra_mla_s0"]["fim"]["ref"]["eigmax"] = [[0.1, 0.3]]
+    assert final_values(s, "fim:ref:eigmax", "reversed")["ra_mla"][0] == 0.3
+    assert final_values(s, "fim:ref:eigmax", "standard")["ra_mla"][0] == 0.1
+    assert math.isclose(final_values(s, "fim:ref:eigmax")["ra_mla"][0], 0.2)
+    with pytest.raises(ValueError):
+        final_values(s, "fim:ref:eigmax", "odd")
+
+
+# ---------------------------------------------------------------- report and CLI
+def test_report_writes_tables_and_plots(smoke, tmp_path):
+    out, _ = smoke
+    rep = report(out, tmp_path / "rep")
+    for f in ("summary.json", "table.md", "seed_table.md", "verdicts.md", "verdicts.json", "losses.png", "fim_curves.png",
+              "spectra.png", "kv_bytes.png"):
+        assert (tmp_path / "rep" / f).stat().st_size > 0, f
+    assert "| standard | 1 |" in rep["table"] and "RA+MLA+KVSplice" in rep["table"]
+
+
+def _ns(add, argv):
+    return add(argparse.ArgumentParser()).parse_args(argv)
+
+
+def test_cli_report(smoke, tmp_path, capsys):
+    out, _ = smoke
+    assert run_report(_ns(add_report_arguments, [str(out), "--no-plots", "--out", str(tmp_path / "r")])) == 0
+    assert "2 of 2 runs finished" in capsys.readouterr().out
+    assert run_report(_ns(add_report_arguments, [str(tmp_path / "missing")])) == 2
+    (tmp_path / "empty").mkdir()
+    assert run_report(_ns(add_report_arguments, [str(tmp_path / "empty")])) == 2
+    assert "no runs under" in capsys.readouterr().err
+
+
+def test_cli_ablate_usage_errors(smoke, tmp_path, capsys):
+    out, _ = smoke
+    assert run_ablate(_ns(add_ablate_arguments, ["--variants", "rra", "--out", str(tmp_path / "a")])) == 2
+    assert "unknown variant" in capsys.readouterr().err
+    assert run_ablate(_ns(add_ablate_arguments, ["--seeds", "x", "--out", str(tmp_path / "a")])) == 2
+    assert run_ablate(_ns(add_ablate_arguments, ["--steps", "0", "--out", str(tmp_path / "a")])) == 2
+    assert run_ablate(_ns(add_ablate_arguments, ["--variants", "mla", "--out", str(out)])) == 2  # holds runs, no --resume
+    assert "--resume" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert run_ablate(_ns(add_ablate_arguments, ["--out", str(tmp_path / "file" / "sub")])) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_cli_ablate_runs_and_resumes(tmp_path, capsys):
+    argv = ["--variants", "standard,mla", "--seeds", "0", "--steps", "4", "--out", str(tmp_path / "s"), "--no-report"]
+    tiny = ["--batch-size", "4", "--block-size", "32", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
+            "--eval-interval", "2", "--eval-windows", "4", "--fim-interval", "2", "--fim-batch-size", "2",
+            "--fim-rows", "8", "--probe-rows", "8", "--ckpt-interval", "0"]
+    assert run_ablate(_ns(add_ablate_arguments, argv + tiny)) == 0
+    assert run_finished(tmp_path / "s" / "mla_s0", 4)
+    assert run_ablate(_ns(add_ablate_arguments, argv + tiny + ["--resume"])) == 0
+    assert run_ablate(_ns(add_ablate_arguments, argv[:-1] + tiny + ["--resume"])) == 0  # with the report
+    assert "| MLA |" in capsys.readouterr().out
