@@ -185,7 +185,7 @@ def load_pretrained(name_or_path:str|Path, # "smollm2", "minilm", a HF model dir
 
 # %% ../nbs/08_pretrained_atlas.ipynb #62ad90f1
 def _encode(tokenizer, texts, max_len:int) -> dict[str, Tensor]:
-    "Tokenize strings (right padding, truncation) or pass through a mapping with input_ids/attention_mask."
+    "Tokenize strings (right padding, truncation to `max_len`) or pass a mapping with input_ids/attention_mask through unchanged."
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
         raise ValueError(f"max_len must be a positive int, got {max_len!r}")
     if isinstance(texts, Mapping):
@@ -193,7 +193,7 @@ def _encode(tokenizer, texts, max_len:int) -> dict[str, Tensor]:
         am = torch.as_tensor(texts["attention_mask"]) if texts.get("attention_mask") is not None else torch.ones_like(ids)
         if ids.ndim != 2 or am.shape != ids.shape:
             raise ValueError(f"input_ids/attention_mask must be (B, T) of the same shape, got {tuple(ids.shape)}, {tuple(am.shape)}")
-        return dict(input_ids=ids[:, :max_len].long(), attention_mask=am[:, :max_len].long())
+        return dict(input_ids=ids.long(), attention_mask=am.long())   # already windows: never cut (a cut drops [SEP])
     if isinstance(texts, str): texts = [texts]
     texts = list(texts)
     if not texts or not all(isinstance(t, str) for t in texts): raise ValueError("texts must be a non-empty list of strings")
@@ -211,7 +211,7 @@ def _device(model) -> torch.device:
 def attention_probs(model, # a model from `load_pretrained` (eager attention)
                     tokenizer, # its tokenizer
                     texts:str|Sequence[str]|Mapping, # strings, or a mapping with input_ids/attention_mask (B, T)
-                    max_len:int=128, # truncate to this many tokens (special tokens included)
+                    max_len:int=128, # strings: truncate to this many tokens (special tokens included); a mapping is used as is
                     *,
                     check:bool=True, # raise if a valid row puts mass on padded keys
                    ) -> tuple[list[Tensor], Tensor]:
@@ -431,7 +431,7 @@ class Atlas:
 def atlas(model, # a model from `load_pretrained`
           tokenizer, # its tokenizer
           texts:str|Sequence[str]|Mapping, # strings, or windows from `text_windows`
-          max_len:int=128, # truncation length for strings
+          max_len:int=128, # truncation length for strings (windows from `text_windows` are used as they are)
           *,
           batch_size:int=4, # windows per forward pass
           modes:Sequence[str]=("query", "mean"), # which FIM definitions

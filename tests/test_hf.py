@@ -255,3 +255,15 @@ def test_smollm2_gguf_cache_roundtrip(tmp_path, monkeypatch):
     assert o1.loss < 5.0                                            # a working LM (a scrambled one is ~10 nats)
     probs, valid = attention_probs(m2, t2, [line, "Who's there?"])
     assert len(probs) == 30 and probs[0].shape[1] == 9 and all((p.triu(1) == 0).all() for p in probs)
+
+
+@needs_minilm
+def test_windows_longer_than_default_max_len_are_not_cut(minilm, tiny_causal):
+    "Windows from text_windows pass through attention_probs/atlas whole, whatever max_len says (regression)."
+    _, tok = minilm
+    model, tok2 = load_pretrained(tiny_causal)
+    w = text_windows(shakespeare_text("sonnets"), tok2, max_len=150, n_windows=1)
+    probs, valid = attention_probs(model, tok2, w)                 # default max_len=128
+    assert probs[0].shape[-1] == 150 and valid.all()
+    a = atlas(model, tok2, w, modes=("mean",))
+    assert a.shape == (1, 2, 4, 150) and a.causal
