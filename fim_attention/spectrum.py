@@ -83,6 +83,7 @@ def one_minus_sum(p:Tensor, # (..., T) float32 or float64
 
 # %% ../nbs/01_spectrum.ipynb #7a11c0df
 _RHO = 0.5                                                                       # tail entries: p_j <= rho * p_(k+1)
+_WIN = 32                                                                        # eigenvalue-index tile: width of the masked pole window
 
 def _tail_terms(dtype)->int:
     "Series length K with rho^K <= eps/4: the tail's truncation error stays a quarter below G's stopping level."
@@ -129,16 +130,16 @@ def _bucket(J:Tensor, H:int, T:int)->Tensor:
 
 
 # %% ../nbs/01_spectrum.ipynb #e4902d43
-def _secular_eval(P, pd, t, x, hpos, hneg, c0, tail=None):
-    "G(x) = sum_j p_j/(p_j - x) - c0/x with pole-split derivatives; P sorted descending, `hpos` marks the poles above x."
-    H = hpos.shape[-1]                                                           # the poles above x are among the first H
+def _secular_eval(P, pd, t, x, hpos, hneg, c0, tail=None, w0=0):
+    "G(x) = sum_j p_j/(p_j - x) - c0/x with pole-split derivatives; P sorted descending, `hpos` marks the poles above x in the window."
+    H0, H = w0, w0 + hpos.shape[-1]                                              # columns < H0: above x; window [H0, H): masked; >= H: below
     delta = pd - t.unsqueeze(-1)
     term = P / delta
     dterm = term / delta
-    th, dh = term[:, :H], dterm[:, :H]                                           # head (masked) | rest (all below x)
-    gpos = (th * hpos).sum(-1)                                                   # poles above x: positive terms
+    th, dh = term[:, H0:H], dterm[:, H0:H]                                       # above | window (masked) | below
+    gpos = (th * hpos).sum(-1) + term[:, :H0].sum(-1)                            # poles above x: positive terms
     gneg = (th * hneg).sum(-1) + term[:, H:].sum(-1)                             # poles below x: negative terms
-    dphi = (dh * hpos).sum(-1)
+    dphi = (dh * hpos).sum(-1) + dterm[:, :H0].sum(-1)
     dpsi = (dh * hneg).sum(-1) + dterm[:, H:].sum(-1)
     if tail is not None:                                                         # far poles by power sums, O(K) (see text)
         a, Nm, mNm = tail                                                        # (n,), (n, K), (n, K)
@@ -159,16 +160,17 @@ def _secular_eval(P, pd, t, x, hpos, hneg, c0, tail=None):
 # %% ../nbs/01_spectrum.ipynb #6bcf9e66
 def _secular_pairs(P:Tensor, # (n, J) the row of each (row, eigenvalue) pair, sorted descending (its first J entries)
                    i:Tensor, # (n,) eigenvalue index: lambda_i lies in (P[:, i+1], P[:, i])
-                   H:int, # head width: max(i) + 2 <= H <= J, the poles above lambda_i are P[:, :i+1]
+                   H:int, # window end: max(i) + 2 <= H <= J; the poles above lambda_i are P[:, :i+1]
                    c0:Tensor, # (n,) 1 - sum(p) of the row
                    max_iter:int=100, check_every:int=2,
                    tail:tuple|None=None, # (a (n,), N (n, K), m*N (n, K)): the row's far entries by power sums
+                   w0:int=0, # every i >= w0: columns < w0 are poles above every root (summed unmasked)
                   )->tuple[Tensor, Tensor]: # (lambda (n,), iterations used per pair (n,))
     "dlaed4-style root of G in (lo, hi): origin at the nearer pole, two-pole rational model, sign-bracket safeguard."
     eps = _eps(P.dtype)
     ctol = eps                                                                   # |G| below its own rounding level: stop
     hi = P.gather(1, i.unsqueeze(1)).squeeze(1); lo = P.gather(1, (i + 1).unsqueeze(1)).squeeze(1)
-    hpos = (torch.arange(H, device=P.device) <= i.unsqueeze(1)).to(P.dtype)     # (n, H) 1 at the poles at or above hi
+    hpos = (torch.arange(w0, H, device=P.device) <= i.unsqueeze(1)).to(P.dtype)  # (n, H - w0) 1 at the poles at or above hi
     hneg = 1 - hpos
     ta, tN, tmN = tail if tail is not None else (None, None, None)
     mk = lambda: None if ta is None else (ta, tN, tmN)
@@ -176,7 +178,7 @@ def _secular_pairs(P:Tensor, # (n, J) the row of each (row, eigenvalue) pair, so
     half = width / 2
     mid = lo + half
     # 1. evaluate at the midpoint to choose the origin: the pole the root is nearer to
-    G, dpsi, dphi, gabs = _secular_eval(P, P - lo.unsqueeze(-1), half, mid, hpos, hneg, c0, mk())
+    G, dpsi, dphi, gabs = _secular_eval(P, P - lo.unsqueeze(-1), half, mid, hpos, hneg, c0, mk(), w0)
     use_hi = G < 0                                                               # G: -inf at lo+, +inf at hi-: G(mid) < 0 => root in (mid, hi)
     origin = torch.where(use_hi, hi, lo)
     pd = P - origin.unsqueeze(-1)                                                # (n, J) exact for the two bracket poles
@@ -218,7 +220,7 @@ def _secular_pairs(P:Tensor, # (n, J) the row of each (row, eigenvalue) pair, so
                 done = done[keep]
         tn = torch.where(done, t, tn)
         # 4. evaluate, shrink the bracket, test convergence
-        Gn, dpsin, dphin, gabsn = _secular_eval(P, pd, tn, origin + tn, hpos, hneg, c0, mk())
+        Gn, dpsin, dphin, gabsn = _secular_eval(P, pd, tn, origin + tn, hpos, hneg, c0, mk(), w0)
         act = ~done
         blo = torch.where(act & (Gn < 0), tn, blo)
         bhi = torch.where(act & (Gn > 0), tn, bhi)
@@ -265,15 +267,18 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
         a, J = _tail_split(SS, k)                                                # (R,), (R,)
         if not use_tail: J = torch.full_like(J, T)
         Jb = _bucket(J, H, T)[rr]                                                # (n,) middle width of each pair's chunk
-        order = torch.argsort(Jb, stable=True)
+        order = torch.argsort(Jb * (k + 1) + cc, stable=True)                   # by width, then eigenvalue index
         rr, cc, Jb = rr[order], cc[order], Jb[order]
-        widths, counts = torch.unique_consecutive(Jb, return_counts=True)
+        nt = (k - 1) // _WIN + 1                                                 # eigenvalue-index tiles (one for k <= _WIN)
+        keys, counts = torch.unique_consecutive(Jb * nt + cc // _WIN, return_counts=True)   # groups: (width, tile)
         NS = None
-        if bool((widths < T).any()):
+        if bool((Jb < T).any()):
             rows = torch.unique(rr[Jb < T])
             NS = SS.new_zeros(R, K); NS[rows] = _tail_power_sums(SS[rows], a[rows], J[rows])
         s0 = 0
-        for Jc, cnt in zip(widths.tolist(), counts.tolist()):
+        for key, cnt in zip(keys.tolist(), counts.tolist()):
+            Jc, w0 = key // nt, (key % nt) * _WIN                                # the tile's pairs have w0 <= i < w0 + _WIN
+            Hw = min(w0 + _WIN + 1, H)                                           # mask window [w0, Hw): fixed by the tile, not the chunk
             per_pair = (Jc + (2 * K if Jc < T else 0)) * SS.element_size() * 8   # ~8 live (n, J) temporaries
             chunk = max(1, min(max_bytes // per_pair, chunk_elems // (Jc + K)))  # pairs per chunk under the memory cap
             for s in range(s0, s0 + cnt, chunk):
@@ -285,7 +290,7 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
                     Pm = Pm.masked_fill(torch.arange(Jc, device=P.device) >= J[r].unsqueeze(-1), 0)
                     Nr = NS[r]
                     tail = (a[r], Nr, Nr * torch.arange(1, K + 1, device=P.device, dtype=SS.dtype))
-                l, it = _secular_pairs(Pm, c, H, cc0[r], max_iter, tail=tail)
+                l, it = _secular_pairs(Pm, c, Hw, cc0[r], max_iter, tail=tail, w0=w0)
                 lam[r, c] = l.to(lam.dtype); iters[r, c] = it
             s0 += cnt
     return (lam, iters) if return_iters else lam

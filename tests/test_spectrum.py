@@ -137,6 +137,16 @@ def test_tail_power_sums_vs_mpmath():
     assert rel_err(fim_eigvalsh(p, 16).numpy(), mpmath_secular_eigvalsh(p, 16, dps=40)) <= 1e-10
 
 
+def test_full_spectrum_across_index_tiles():
+    "k > 32: pairs are grouped into eigenvalue-index tiles with their own mask window; all T roots against mpmath, chunk-invariant."
+    p = torch.cat([make_family("dirichlet_1", 1, 97, seed=13), make_family("near_ties", 1, 97, seed=13)])
+    lam = fim_eigvalsh(p)
+    assert rel_err(lam.numpy(), mpmath_secular_eigvalsh(p)) <= 1e-10
+    assert torch.equal(lam, fim_eigvalsh(p, max_bytes=1))
+    p32 = make_family("dirichlet_0.05", 3, 200, torch.float32, seed=13)
+    assert torch.equal(fim_eigvalsh(p32, 150), fim_eigvalsh(p32, 150, max_bytes=1))
+
+
 # ---------------------------------------------------------------- float32 / half input
 @pytest.mark.parametrize("T", [16, 256])
 @pytest.mark.parametrize("fam", FAMILIES)
