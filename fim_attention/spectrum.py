@@ -361,6 +361,7 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
     "Thick-restart Lanczos with full reorthogonalisation on v -> pbar*v - P^T(Pv)/N, batched over heads."
     B, N, T = P.shape
     gid, dup, ng = _column_groups(P, seed)
+    dup0, pbar0, B0 = dup, pbar, B                                               # for the final merge (heads drop out below)
     grouped = bool(dup.any())
     cnt = torch.zeros(B, T, dtype=P.dtype, device=P.device).scatter_add_(1, gid, torch.ones_like(pbar))
     def proj(w):                                                                 # (B, c, T) onto group-constant vectors
@@ -385,6 +386,7 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
     m = min(max(2 * k + 16, k + 32), dim)
     keep = min(k + (m - k) // 2, m - 1)
     floor = 64 * torch.finfo(P.dtype).eps * pbar.amax(-1)                        # (B,) rounding level of one product (see text)
+    lam = P.new_zeros(B0, k); heads = torch.arange(B0, device=P.device)          # results; original ids of the heads still iterating
     g = torch.Generator(device="cpu").manual_seed(seed)
     rand = lambda: proj(torch.randn(B, 1, T, generator=g, dtype=P.dtype).to(P.device))
     V = P.new_zeros(B, m + 1, T)                                                 # orthonormal basis, one vector per row
@@ -413,16 +415,23 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
         Y = torch.bmm(S[:, :, :k].transpose(1, 2), V[:, :m])                     # (B, k, T) Ritz vectors
         res = (op(Y) - Y * theta[:, :k, None]).norm(dim=-1)                      # (B, k) true residual norms
         lim = torch.maximum(tol * theta[:, :1].abs(), floor.unsqueeze(-1))
-        if bool((res <= lim).all()): break
+        ok = (res <= lim).all(-1)                                                # (B,) heads whose top k all converged
+        if bool(ok.all()): break
+        if bool(ok.any()):                                                       # they leave the batch: no more products for them
+            lam[heads[ok]] = theta[ok, :k]
+            stay = ~ok
+            heads, gid, cnt, pm, mi, Pc, PcT, d, nv, floor, V, Hm, theta, S = (
+                z[stay] for z in (heads, gid, cnt, pm, mi, Pc, PcT, d, nv, floor, V, Hm, theta, S))
+            B = int(stay.sum())
         V[:, :keep] = torch.bmm(S[:, :, :keep].transpose(1, 2), V[:, :m])        # thick restart: keep the best Ritz vectors
         V[:, keep] = V[:, m]                                                     # and the residual direction
         Hm.zero_(); Hm[:, :keep, :keep] = torch.diag_embed(theta[:, :keep])
         j0 = keep
     else:
         warnings.warn(f"mean_fim_eigvalsh: Lanczos reached max_restarts={max_restarts}; max residual/limit {float((res / lim).max()):.2e}")
-    lam = theta[:, :k]
+    lam[heads] = theta[:, :k]
     if grouped:                                                                  # merge the deflated eigenvalues pbar_j (duplicate columns)
-        defl = torch.where(dup, pbar, torch.full_like(pbar, -math.inf))
+        defl = torch.where(dup0, pbar0, torch.full_like(pbar0, -math.inf))
         lam = torch.topk(torch.cat([lam, defl], -1), k, dim=-1).values
     return lam, restart + 1
 
