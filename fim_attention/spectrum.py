@@ -255,7 +255,8 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
     need = (lo < hi) & (lo > 0)                                                  # (R, k) pairs needing a root
     iters = torch.zeros_like(hi, dtype=torch.int32)
     ridx, cidx = need.nonzero(as_tuple=True)                                     # one host sync per call
-    if chunk_elems is None: chunk_elems = 2**18 if P.device.type == "cpu" else 2**62   # CPU: stay in cache; GPU: big launches
+    cpu = P.device.type == "cpu"
+    if chunk_elems is None: chunk_elems = 2**18 if cpu else 2**62               # CPU: stay in cache; GPU: big launches
     H = min(k + 1, T)
     groups = [(ridx, cidx, S, c0)]
     if P.dtype != torch.float64:                                                 # float32: pairs with a gap below 2^-50 run in
@@ -265,20 +266,22 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
         if rr.numel() == 0: continue
         K = _tail_terms(SS.dtype)
         a, J = _tail_split(SS, k)                                                # (R,), (R,)
-        if not use_tail: J = torch.full_like(J, T)
+        if not use_tail or (not cpu and R * T < 2**22): J = torch.full_like(J, T)  # GPU: small batches are launch-bound (measured)
         Jb = _bucket(J, H, T)[rr]                                                # (n,) middle width of each pair's chunk
+        if not cpu: Jb = Jb.amax().expand_as(Jb)                                 # GPU: launch-bound, one group beats fewer flops
         order = torch.argsort(Jb * (k + 1) + cc, stable=True)                   # by width, then eigenvalue index
         rr, cc, Jb = rr[order], cc[order], Jb[order]
-        nt = (k - 1) // _WIN + 1                                                 # eigenvalue-index tiles (one for k <= _WIN)
-        keys, counts = torch.unique_consecutive(Jb * nt + cc // _WIN, return_counts=True)   # groups: (width, tile)
+        win = _WIN if cpu else k                                                 # GPU: one tile (the whole head is the window)
+        nt = (k - 1) // win + 1                                                  # eigenvalue-index tiles (one for k <= win)
+        keys, counts = torch.unique_consecutive(Jb * nt + cc // win, return_counts=True)   # groups: (width, tile)
         NS = None
         if bool((Jb < T).any()):
             rows = torch.unique(rr[Jb < T])
             NS = SS.new_zeros(R, K); NS[rows] = _tail_power_sums(SS[rows], a[rows], J[rows])
         s0 = 0
         for key, cnt in zip(keys.tolist(), counts.tolist()):
-            Jc, w0 = key // nt, (key % nt) * _WIN                                # the tile's pairs have w0 <= i < w0 + _WIN
-            Hw = min(w0 + _WIN + 1, H)                                           # mask window [w0, Hw): fixed by the tile, not the chunk
+            Jc, w0 = key // nt, (key % nt) * win                                 # the tile's pairs have w0 <= i < w0 + win
+            Hw = min(w0 + win + 1, H)                                            # mask window [w0, Hw): fixed by the tile, not the chunk
             per_pair = (Jc + (2 * K if Jc < T else 0)) * SS.element_size() * 8   # ~8 live (n, J) temporaries
             chunk = max(1, min(max_bytes // per_pair, chunk_elems // (Jc + K)))  # pairs per chunk under the memory cap
             for s in range(s0, s0 + cnt, chunk):
