@@ -6,16 +6,20 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/10_api.ipynb #e88a1cbc
+# %% ../nbs/10_api.ipynb #62537fdc
 from .derivation import fim, fim_matvec, fim_trace, lse_potential, score_grad, eigmax_bound
 
-# %% ../nbs/10_api.ipynb #015d9f4d
+# %% ../nbs/10_api.ipynb #284a243b
 from .spectrum import check_probs, fim_eigvalsh, mean_fim_eigvalsh
 from .metrics import METRIC_NAMES, fim_metrics, metrics_from_eigvals, reference_metrics, fisher_log_dict, RollingWindow
 
-# %% ../nbs/10_api.ipynb #71eb3dbd
+# %% ../nbs/10_api.ipynb #c7c0be95
 from .attention import (ATTENTION_VARIANTS, CausalSelfAttention, ReciprocalAttention, MLAttention,
                                      MLAKVSpliceAttention, RAMLAttention, RAMLAKVSpliceAttention, KVSplice, KVCache)
 from .model import GPTConfig, GPT, ra_as_standard
-from .data import load_corpus
-from .training import TrainConfig, train, FisherMetricsCallback
+from .data import load_corpus, Corpus, BatchSampler, encode, decode
+from .training import TrainConfig, train, Trainer, Callback, FisherMetricsCallback, read_log, load_checkpoint
+
+# %% ../nbs/10_api.ipynb #cbe8edb8
+from .ablation import AblationConfig, run_ablation, summarize, report
+from .hf import load_pretrained, attention_probs, text_windows, atlas, Atlas

@@ -4,6 +4,7 @@ Markdown cells are copied; code cells become Python fences with their stored tex
 with an nbdev `#| hide` directive are left out, other directive lines are stripped.
 """
 import json
+import re
 from pathlib import Path
 
 root = Path(__file__).resolve().parent.parent
@@ -39,7 +40,9 @@ def cell_text(cell) -> str:
 def render(nb_path: Path) -> str:
     nb = json.loads(nb_path.read_text(encoding="utf-8"))
     blocks = [t for t in (cell_text(c) for c in nb["cells"]) if t]
-    return HEADER + "\n\n".join(blocks) + "\n"
+    text = HEADER + "\n\n".join(blocks) + "\n"
+    # links between notebooks are relative to nbs/ (the docs site resolves them); README.md sits one level up
+    return re.sub(r"\]\((?![\w+.-]+:|#|/)([^)#\s]+\.ipynb)", r"](nbs/\1", text)
 
 
 if __name__ == "__main__":
