@@ -256,7 +256,7 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
     iters = torch.zeros_like(hi, dtype=torch.int32)
     ridx, cidx = need.nonzero(as_tuple=True)                                     # one host sync per call
     cpu = P.device.type == "cpu"
-    if chunk_elems is None: chunk_elems = 2**18 if cpu else 2**62               # CPU: stay in cache; GPU: big launches
+    if chunk_elems is None: chunk_elems = (2**21 // P.element_size()) if cpu else 2**62  # CPU: 2 MiB per (n, T) temporary, in cache; GPU: big launches
     H = min(k + 1, T)
     groups = [(ridx, cidx, S, c0)]
     if P.dtype != torch.float64:                                                 # float32: pairs with a gap below 2^-50 run in
