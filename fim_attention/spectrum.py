@@ -90,6 +90,7 @@ def _tail_terms(dtype)->int:
     return math.ceil(math.log(_eps(dtype) / 4) / math.log(_RHO))
 
 
+
 # %% ../nbs/01_spectrum.ipynb #7a11c0e0
 def _tail_split(S:Tensor, # (R, T) rows sorted descending
                 k:int, # top-k eigenvalues wanted: every root x > a = S[:, k]
@@ -129,13 +130,17 @@ def _bucket(J:Tensor, H:int, T:int)->Tensor:
     return b.clamp_max(T).to(torch.int64)
 
 
+
 # %% ../nbs/01_spectrum.ipynb #e4902d43
-def _secular_eval(P, pd, t, x, hpos, hneg, c0, tail=None, w0=0):
+def _secular_eval(P, pd, t, x, hpos, hneg, c0, tail=None, w0=0, ws=None):
     "G(x) = sum_j p_j/(p_j - x) - c0/x with pole-split derivatives; P sorted descending, `hpos` marks the poles above x in the window."
     H0, H = w0, w0 + hpos.shape[-1]                                              # columns < H0: above x; window [H0, H): masked; >= H: below
-    delta = pd - t.unsqueeze(-1)
-    term = P / delta
-    dterm = term / delta
+    if ws is None: ws = (torch.empty_like(P), torch.empty_like(P))
+    # two reused (n, J) buffers instead of three fresh ones per evaluation: fresh multi-MiB blocks cost page
+    # faults on every touch in a process whose allocator has not yet been warmed (benchmarks/bench_allocator.py)
+    delta = torch.sub(pd, t.unsqueeze(-1), out=ws[0][:P.shape[0]])
+    term = torch.div(P, delta, out=ws[1][:P.shape[0]])
+    dterm = torch.div(term, delta, out=ws[0][:P.shape[0]])                       # overwrites delta, no longer needed
     th, dh = term[:, H0:H], dterm[:, H0:H]                                       # above | window (masked) | below
     gpos = (th * hpos).sum(-1) + term[:, :H0].sum(-1)                            # poles above x: positive terms
     gneg = (th * hneg).sum(-1) + term[:, H:].sum(-1)                             # poles below x: negative terms
@@ -157,6 +162,7 @@ def _secular_eval(P, pd, t, x, hpos, hneg, c0, tail=None, w0=0):
     return G, dpsi, dphi, gabs
 
 
+
 # %% ../nbs/01_spectrum.ipynb #6bcf9e66
 def _secular_pairs(P:Tensor, # (n, J) the row of each (row, eigenvalue) pair, sorted descending (its first J entries)
                    i:Tensor, # (n,) eigenvalue index: lambda_i lies in (P[:, i+1], P[:, i])
@@ -165,6 +171,7 @@ def _secular_pairs(P:Tensor, # (n, J) the row of each (row, eigenvalue) pair, so
                    max_iter:int=100, check_every:int=2,
                    tail:tuple|None=None, # (a (n,), N (n, K), m*N (n, K)): the row's far entries by power sums
                    w0:int=0, # every i >= w0: columns < w0 are poles above every root (summed unmasked)
+                   ws:list|None=None, # two flat scratch buffers of >= n*J elements (reused across chunks), or None
                   )->tuple[Tensor, Tensor]: # (lambda (n,), iterations used per pair (n,))
     "dlaed4-style root of G in (lo, hi): origin at the nearer pole, two-pole rational model, sign-bracket safeguard."
     eps = _eps(P.dtype)
@@ -177,8 +184,10 @@ def _secular_pairs(P:Tensor, # (n, J) the row of each (row, eigenvalue) pair, so
     width = hi - lo
     half = width / 2
     mid = lo + half
+    ws = (tuple(b[:P.numel()].view(P.shape) for b in ws) if ws is not None       # the evaluations' workspace, reused
+          else (torch.empty_like(P), torch.empty_like(P)))                       # (rows shrink on compaction: views of it)
     # 1. evaluate at the midpoint to choose the origin: the pole the root is nearer to
-    G, dpsi, dphi, gabs = _secular_eval(P, P - lo.unsqueeze(-1), half, mid, hpos, hneg, c0, mk(), w0)
+    G, dpsi, dphi, gabs = _secular_eval(P, P - lo.unsqueeze(-1), half, mid, hpos, hneg, c0, mk(), w0, ws)
     use_hi = G < 0                                                               # G: -inf at lo+, +inf at hi-: G(mid) < 0 => root in (mid, hi)
     origin = torch.where(use_hi, hi, lo)
     pd = P - origin.unsqueeze(-1)                                                # (n, J) exact for the two bracket poles
@@ -220,7 +229,7 @@ def _secular_pairs(P:Tensor, # (n, J) the row of each (row, eigenvalue) pair, so
                 done = done[keep]
         tn = torch.where(done, t, tn)
         # 4. evaluate, shrink the bracket, test convergence
-        Gn, dpsin, dphin, gabsn = _secular_eval(P, pd, tn, origin + tn, hpos, hneg, c0, mk(), w0)
+        Gn, dpsin, dphin, gabsn = _secular_eval(P, pd, tn, origin + tn, hpos, hneg, c0, mk(), w0, ws)
         act = ~done
         blo = torch.where(act & (Gn < 0), tn, blo)
         bhi = torch.where(act & (Gn > 0), tn, bhi)
@@ -237,6 +246,7 @@ def _secular_pairs(P:Tensor, # (n, J) the row of each (row, eigenvalue) pair, so
         warnings.warn(f"fim_eigvalsh: {int((~done).sum())} secular roots did not meet the tolerance in {max_iter} iterations")
     out[idx] = origin + t; out_it[idx] = iters
     return out, out_it
+
 
 
 # %% ../nbs/01_spectrum.ipynb #8a4425ab
@@ -274,7 +284,7 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
         win = _WIN if cpu else k                                                 # GPU: one tile (the whole head is the window)
         nt = (k - 1) // win + 1                                                  # eigenvalue-index tiles (one for k <= win)
         keys, counts = torch.unique_consecutive(Jb * nt + cc // win, return_counts=True)   # groups: (width, tile)
-        NS = None
+        NS, flat = None, None                                                    # flat: scratch of the evaluations, grown as needed
         if bool((Jb < T).any()):
             rows = torch.unique(rr[Jb < T])
             NS = SS.new_zeros(R, K); NS[rows] = _tail_power_sums(SS[rows], a[rows], J[rows])
@@ -293,10 +303,12 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
                     Pm = Pm.masked_fill(torch.arange(Jc, device=P.device) >= J[r].unsqueeze(-1), 0)
                     Nr = NS[r]
                     tail = (a[r], Nr, Nr * torch.arange(1, K + 1, device=P.device, dtype=SS.dtype))
-                l, it = _secular_pairs(Pm, c, Hw, cc0[r], max_iter, tail=tail, w0=w0)
+                if flat is None or flat[0].numel() < Pm.numel(): flat = [SS.new_empty(Pm.numel()), SS.new_empty(Pm.numel())]
+                l, it = _secular_pairs(Pm, c, Hw, cc0[r], max_iter, tail=tail, w0=w0, ws=flat)
                 lam[r, c] = l.to(lam.dtype); iters[r, c] = it
             s0 += cnt
     return (lam, iters) if return_iters else lam
+
 
 
 # %% ../nbs/01_spectrum.ipynb #b936b3ce
