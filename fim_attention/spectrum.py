@@ -84,6 +84,9 @@ def one_minus_sum(p:Tensor, # (..., T) float32 or float64
 # %% ../nbs/01_spectrum.ipynb #7a11c0df
 _RHO = 0.5                                                                       # tail entries: p_j <= rho * p_(k+1)
 _WIN = 32                                                                        # eigenvalue-index tile: width of the masked pole window
+_ALIGN_FRAC = 0.4                                                                # full spectra: far poles on both sides by power sums when the
+                                                                                 # direct columns average <= this share of T (measured crossover)
+_CHUNK_COST = 2**14                                                              # a chunk's fixed cost (launches, syncs) in (pairs x columns) elements
 
 def _tail_terms(dtype)->int:
     "Series length K with rho^K <= eps/4: the tail's truncation error stays a quarter below G's stopping level."
@@ -102,24 +105,32 @@ def _tail_split(S:Tensor, # (R, T) rows sorted descending
     J = torch.searchsorted(-S, (-_RHO * a).unsqueeze(-1).contiguous(), right=False).squeeze(-1)   # (R,) #{j: p_j > rho a}
     return a, torch.where(T - J < 2 * K, T, J)                                   # a short tail is cheaper summed directly
 
-def _tail_power_sums(S:Tensor, # (R, T) rows sorted descending
-                     a:Tensor, J:Tensor, # from _tail_split
-                    )->Tensor: # (R, K) N_m = sum_{j >= J} (p_j / a)^m, m = 1..K
-    "Power sums of each row's tail, scaled by a (no overflow or underflow of what matters); each entry only as far as it counts."
-    R, T = S.shape
-    K = _tail_terms(S.dtype)
-    cols = torch.arange(T, device=S.device)
-    U = torch.where((cols >= J.unsqueeze(-1)) & (a > 0).unsqueeze(-1), S / torch.where(a > 0, a, 1).unsqueeze(-1), 0)  # (R, T) u_j <= rho
-    # term m of entry j is needed only while u_j^(m-1) > rho^K (else its truncation error is below rho^K |term_j|):
-    # the entries u_j > rho^(K/(m-1)) are a prefix of the sorted row. One host sync for all prefix lengths.
-    th = _RHO ** (K / torch.arange(1, K, device=S.device, dtype=S.dtype))        # (K-1,) thresholds for m = 2..K
-    L = torch.searchsorted(-S, -(th.unsqueeze(0) * a.unsqueeze(-1)).contiguous(), right=False).amax(0).tolist() if R else [0] * (K - 1)
+def _power_sums(U:Tensor, # (n, C) rows descending, entries in [0, rho]
+                K:int)->Tensor: # (n, K) sum_c U^m, m = 1..K
+    "Power sums of rows of small ratios, each entry only as far as it counts (u^(m-1) > rho^K)."
+    n = U.shape[0]
+    # term m of entry c is needed only while u_c^(m-1) > rho^K (else its truncation error is below rho^K |term_c|):
+    # the entries u_c > rho^(K/(m-1)) are a prefix of the sorted row. One host sync for all prefix lengths.
+    th = _RHO ** (K / torch.arange(1, K, device=U.device, dtype=U.dtype))        # (K-1,) thresholds for m = 2..K
+    L = torch.searchsorted(-U, -th.expand(n, K - 1).contiguous(), right=False).amax(0).tolist() if n else [0] * (K - 1)
     q, N = U, [U.sum(-1)]
     for m in range(1, K):
         c = L[m - 1]
         q = q[:, :c] * U[:, :c]
         N.append(q.sum(-1))
     return torch.stack(N, -1)
+
+def _tail_power_sums(S:Tensor, # (R, T) rows sorted descending
+                     a:Tensor, J:Tensor, # from _tail_split
+                    )->Tensor: # (R, K) N_m = sum_{j >= J} (p_j / a)^m, m = 1..K
+    "Power sums of each row's tail, scaled by a (no overflow or underflow of what matters)."
+    R, T = S.shape
+    K = _tail_terms(S.dtype)
+    W = int((T - J).amax()) if R else 0                                          # the longest tail (one host sync)
+    if W == 0: return S.new_zeros(R, K)
+    tails = torch.cat([S, S.new_zeros(R, W)], -1).unfold(1, W, 1)[torch.arange(R, device=S.device), J]  # (R, W) p_J, p_J+1, ..., 0
+    U = torch.where((a > 0).unsqueeze(-1), tails / torch.where(a > 0, a, 1).unsqueeze(-1), 0)         # u_j <= rho, descending
+    return _power_sums(U, K)
 
 def _bucket(J:Tensor, H:int, T:int)->Tensor:
     "Round widths up to {2^e, 1.5*2^e} (>= H, <= T): a few chunk shapes, at most 1/3 padding."
@@ -132,7 +143,7 @@ def _bucket(J:Tensor, H:int, T:int)->Tensor:
 
 
 # %% ../nbs/01_spectrum.ipynb #e4902d43
-def _secular_eval(P, pd, t, x, hpos, hneg, c0, tail=None, w0=0, ws=None):
+def _secular_eval(P, pd, t, x, hpos, hneg, c0, tail=None, w0=0, ws=None, head=None):
     "G(x) = sum_j p_j/(p_j - x) - c0/x with pole-split derivatives; P sorted descending, `hpos` marks the poles above x in the window."
     H0, H = w0, w0 + hpos.shape[-1]                                              # columns < H0: above x; window [H0, H): masked; >= H: below
     if ws is None: ws = (torch.empty_like(P), torch.empty_like(P))
@@ -153,6 +164,12 @@ def _secular_eval(P, pd, t, x, hpos, hneg, c0, tail=None, w0=0, ws=None):
         gt = (Z * Nm).sum(-1)                                                    # sum over the tail of p_j/(x - p_j) >= 0
         gneg = gneg - gt
         dpsi = dpsi + (Z * mNm).sum(-1) / x
+    if head is not None:                                                         # far poles above x: p/(p-x) = sum_m (x/p)^m, O(K)
+        b, Mm, mMm = head                                                        # (n,), (n, K+1) m = 0..K, (n, K+1)
+        y = x / b                                                                # < 1
+        Y = torch.cumprod(y.unsqueeze(-1).expand(-1, Mm.shape[-1] - 1), -1)      # (n, K) y^m, m = 1..K
+        gpos = gpos + Mm[:, 0] + (Y * Mm[:, 1:]).sum(-1)
+        dphi = dphi + (mMm[:, 1] + (Y[:, :-1] * mMm[:, 2:]).sum(-1)) / b         # sum_m m y^(m-1) M_m / b
     cx = c0 / x
     # c0 >= 0 is one more pole (at 0, below x) with a positive weight: part of psi. A negative c0 would be a
     # pole of negative weight, which breaks the model; its term then stays in the model's constant only.
@@ -172,6 +189,7 @@ def _secular_pairs(P:Tensor, # (n, J) the row of each (row, eigenvalue) pair, so
                    tail:tuple|None=None, # (a (n,), N (n, K), m*N (n, K)): the row's far entries by power sums
                    w0:int=0, # every i >= w0: columns < w0 are poles above every root (summed unmasked)
                    ws:list|None=None, # two flat scratch buffers of >= n*J elements (reused across chunks), or None
+                   head:tuple|None=None, # (b (n,), M (n, K+1), m*M (n, K+1)): the row's far entries above by power sums
                   )->tuple[Tensor, Tensor]: # (lambda (n,), iterations used per pair (n,))
     "dlaed4-style root of G in (lo, hi): origin at the nearer pole, two-pole rational model, sign-bracket safeguard."
     eps = _eps(P.dtype)
@@ -180,14 +198,16 @@ def _secular_pairs(P:Tensor, # (n, J) the row of each (row, eigenvalue) pair, so
     hpos = (torch.arange(w0, H, device=P.device) <= i.unsqueeze(1)).to(P.dtype)  # (n, H - w0) 1 at the poles at or above hi
     hneg = 1 - hpos
     ta, tN, tmN = tail if tail is not None else (None, None, None)
+    hb, hM, hmM = head if head is not None else (None, None, None)
     mk = lambda: None if ta is None else (ta, tN, tmN)
+    mkh = lambda: None if hb is None else (hb, hM, hmM)
     width = hi - lo
     half = width / 2
     mid = lo + half
     ws = (tuple(b[:P.numel()].view(P.shape) for b in ws) if ws is not None       # the evaluations' workspace, reused
           else (torch.empty_like(P), torch.empty_like(P)))                       # (rows shrink on compaction: views of it)
     # 1. evaluate at the midpoint to choose the origin: the pole the root is nearer to
-    G, dpsi, dphi, gabs = _secular_eval(P, P - lo.unsqueeze(-1), half, mid, hpos, hneg, c0, mk(), w0, ws)
+    G, dpsi, dphi, gabs = _secular_eval(P, P - lo.unsqueeze(-1), half, mid, hpos, hneg, c0, mk(), w0, ws, mkh())
     use_hi = G < 0                                                               # G: -inf at lo+, +inf at hi-: G(mid) < 0 => root in (mid, hi)
     origin = torch.where(use_hi, hi, lo)
     pd = P - origin.unsqueeze(-1)                                                # (n, J) exact for the two bracket poles
@@ -226,10 +246,11 @@ def _secular_pairs(P:Tensor, # (n, J) the row of each (row, eigenvalue) pair, so
                 P, pd, hpos, hneg, c0, origin, t, tn, blo, bhi, dlo, dhi, G, dpsi, dphi, gabs, iters, idx = (
                     z[keep] for z in (P, pd, hpos, hneg, c0, origin, t, tn, blo, bhi, dlo, dhi, G, dpsi, dphi, gabs, iters, idx))
                 if ta is not None: ta, tN, tmN = ta[keep], tN[keep], tmN[keep]
+                if hb is not None: hb, hM, hmM = hb[keep], hM[keep], hmM[keep]
                 done = done[keep]
         tn = torch.where(done, t, tn)
         # 4. evaluate, shrink the bracket, test convergence
-        Gn, dpsin, dphin, gabsn = _secular_eval(P, pd, tn, origin + tn, hpos, hneg, c0, mk(), w0, ws)
+        Gn, dpsin, dphin, gabsn = _secular_eval(P, pd, tn, origin + tn, hpos, hneg, c0, mk(), w0, ws, mkh())
         act = ~done
         blo = torch.where(act & (Gn < 0), tn, blo)
         bhi = torch.where(act & (Gn > 0), tn, bhi)
@@ -250,6 +271,97 @@ def _secular_pairs(P:Tensor, # (n, J) the row of each (row, eigenvalue) pair, so
 
 
 # %% ../nbs/01_spectrum.ipynb #8a4425ab
+def _tile_sums(SS:Tensor, # (R, T) rows sorted descending
+               r:Tensor, Jh:Tensor, Jt:Tensor, b:Tensor, a:Tensor, # (m,) row, head end, tail start, scales of m (row, tile)s
+               K:int, chunk_elems:int)->tuple[Tensor, Tensor]: # (M (m, K+1) head sums m = 0..K, N (m, K) tail sums m = 1..K)
+    "Each tile's head sums (b/p_j)^m over j < Jh and tail sums (p_j/a)^m over j >= Jt, in chunks of tiles."
+    R, T = SS.shape
+    M = SS.new_zeros(r.numel(), K + 1); N = SS.new_zeros(r.numel(), K)
+    M[:, 0] = Jh.to(SS.dtype)
+    Srev = torch.cat([SS.new_zeros(R, T), SS], -1).flip(-1)                      # (R, 2T): column T - j is p_(j-1), ..., p_0, then 0
+    ids = (Jh > 0).nonzero().squeeze(-1)                                         # heads: u_c = b / p_(Jh-1-c), descending in c
+    if ids.numel():
+        W = int(Jh[ids].amax())
+        windows = Srev.unfold(1, W, 1)
+        cols = torch.arange(W, device=SS.device)
+        for s in range(0, ids.numel(), max(1, chunk_elems // W)):
+            i = ids[s:s + max(1, chunk_elems // W)]
+            V = windows[r[i], T - Jh[i]]                                         # (m, W) p_(Jh-1), p_(Jh-2), ..., p_0, 0, ...
+            M[i, 1:] = _power_sums(torch.where(cols < Jh[i].unsqueeze(-1), b[i].unsqueeze(-1) / V, 0), K)
+    ids = ((Jt < T) & (a > 0)).nonzero().squeeze(-1)                             # tails (a = 0: the tail is zeros)
+    for s in range(0, ids.numel(), max(1, chunk_elems // T)):
+        i = ids[s:s + max(1, chunk_elems // T)]
+        N[i] = _tail_power_sums(SS[r[i]], a[i], Jt[i])
+    return M, N
+
+def _secular_aligned(SS:Tensor, # (R, T) rows sorted descending
+                     rr:Tensor, cc:Tensor, # (n,) row and eigenvalue index of each pair needing a root
+                     cc0:Tensor, # (R,) 1 - sum(p)
+                     max_bytes:int, chunk_elems:int, max_iter:int,
+                    )->tuple[Tensor, Tensor, Tensor]: # (taken (n,) bool, lambda and iterations of the taken pairs, in order)
+    "Roots with far poles on both sides by power sums per 32-index tile, for the rows where that pays; each pair's columns aligned on its own index."
+    R, T = SS.shape
+    K = _tail_terms(SS.dtype)
+    win = _WIN; nt = (T - 1) // win + 1
+    Sp = torch.cat([SS, SS.new_zeros(R, 1)], -1)                                 # p_(T+1) := 0
+    w0 = torch.arange(nt, device=SS.device) * win                                # (nt,) first index of each tile
+    b = Sp[:, w0]; a = Sp[:, (w0 + win).clamp_max(T)]                            # (R, nt): every root of the tile is in (a, b)
+    Jh = torch.searchsorted(-SS, -(b / _RHO), right=True)                        # (R, nt) #{j: p_j >= b/rho}: the head
+    Jt = torch.searchsorted(-SS, -(_RHO * a), right=False)                       # (R, nt) #{j: p_j > rho a}: the tail starts here
+    Jh = torch.where(Jh < 2 * K, 0, Jh); Jt = torch.where(T - Jt < 2 * K, T, Jt) # short heads and tails: cheaper summed directly
+    tile = rr * nt + cc // win                                                   # (n,) flat (row, tile) of each pair
+    # a row pays for its power sums when its pairs' direct windows average <= _ALIGN_FRAC * T; the others keep the tiled path
+    width = (Jt - Jh).view(-1)[tile].to(SS.dtype)                                # (n,) direct columns of each pair
+    npair = torch.zeros(R, dtype=SS.dtype, device=SS.device).index_add_(0, rr, torch.ones_like(width))
+    mean = torch.zeros(R, dtype=SS.dtype, device=SS.device).index_add_(0, rr, width) / npair.clamp_min(1)
+    taken = mean[rr] <= _ALIGN_FRAC * T
+    rr, cc, tile = rr[taken], cc[taken], tile[taken]
+    if rr.numel() == 0: return taken, SS.new_empty(0), torch.empty(0, dtype=torch.int32, device=SS.device)
+    ut, inv = torch.unique(tile, return_inverse=True)                            # the (row, tile)s with pairs
+    tJh, tJt, tb, ta = Jh.view(-1)[ut], Jt.view(-1)[ut], b.view(-1)[ut], a.view(-1)[ut]
+    pJh, pJt = tJh[inv], tJt[inv]                                                # (n,) per pair
+    M, N = _tile_sums(SS, ut // nt, tJh, tJt, tb, ta, K, chunk_elems)
+    mrange = torch.arange(K + 1, device=SS.device, dtype=SS.dtype)
+    L1 = cc - pJh; L2 = pJt - cc                                                 # columns needed above / from the pair's index
+    k1 = _bucket(L1 + 1, win, T); k2 = _bucket(L2, win, T)                       # widths: a few shapes per call
+    key = k1 * (T + 1) + k2
+    order = torch.argsort(key, stable=True)
+    keys, counts = torch.unique_consecutive(key[order], return_counts=True)
+    # merge neighbouring width groups while the padding costs less than one more chunk's fixed overhead
+    plan, s0 = [], 0                                                             # [Lh, Lt, first pair, number of pairs]
+    for kk, n in zip(keys.tolist(), counts.tolist()):
+        Lh, Lt = kk // (T + 1) - 1, kk % (T + 1)
+        if plan:
+            pLh, pLt, p0, pn = plan[-1]
+            mLh, mLt = max(pLh, Lh), max(pLt, Lt)
+            if (pn + n) * (mLh + mLt) <= pn * (pLh + pLt) + n * (Lh + Lt) + _CHUNK_COST:
+                plan[-1] = [mLh, mLt, p0, pn + n]; s0 += n; continue
+        plan.append([Lh, Lt, s0, n]); s0 += n
+    out = SS.new_empty(cc.numel()); out_it = torch.empty(cc.numel(), dtype=torch.int32, device=SS.device)
+    Spad = torch.cat([SS.new_zeros(R, T), SS, SS.new_zeros(R, T)], -1)          # (R, 3T): windows past either end read zeros
+    flat = None
+    for Lh, Lt, s0, cnt in plan:
+        W = Lh + Lt
+        per_pair = (W + 4 * K) * SS.element_size() * 8
+        chunk = max(1, min(max_bytes // per_pair, chunk_elems // (W + K)))
+        windows = Spad.unfold(1, W, 1)                                           # (R, 3T - W + 1, W) view: row r, first column
+        rel = torch.arange(W, device=SS.device)
+        for s in range(s0, s0 + cnt, chunk):
+            o = order[s:min(s + chunk, s0 + cnt)]
+            r, c, u = rr[o], cc[o], inv[o]
+            start = c - Lh                                                       # absolute column of relative column 0
+            Pm = windows[r, start + T]                                           # (m, W) copy of each pair's columns
+            cut = (rel < (pJh[o] - start).unsqueeze(-1)) | (rel >= (pJt[o] - start).unsqueeze(-1))   # head | tail columns
+            Pm.masked_fill_(cut, 0)
+            if flat is None or flat[0].numel() < Pm.numel(): flat = [SS.new_empty(Pm.numel()), SS.new_empty(Pm.numel())]
+            Nu, Mu = N[u], M[u]
+            l, it = _secular_pairs(Pm, torch.full_like(c, Lh), Lh + 1, cc0[r], max_iter,
+                                   tail=(ta[u], Nu, Nu * mrange[1:]), w0=Lh + 1, ws=flat,
+                                   head=(tb[u], Mu, Mu * mrange))
+            out[o] = l; out_it[o] = it
+    return taken, out, out_it
+
+# %% ../nbs/01_spectrum.ipynb #5a8c3f0d
 def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
                   k:int, max_bytes:int, max_iter:int=100,
                   return_iters:bool=False, chunk_elems:int|None=None,
@@ -274,6 +386,11 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
         groups = [(ridx[~tiny], cidx[~tiny], S, c0), (ridx[tiny], cidx[tiny], S.double(), one_minus_sum(P.double()))]
     for rr, cc, SS, cc0 in groups:
         if rr.numel() == 0: continue
+        if cpu and use_tail and k > _WIN:                                        # many tiles: far poles above and below by power sums
+            taken, l, it = _secular_aligned(SS, rr, cc, cc0, max_bytes, chunk_elems, max_iter)
+            lam[rr[taken], cc[taken]] = l.to(lam.dtype); iters[rr[taken], cc[taken]] = it
+            rr, cc = rr[~taken], cc[~taken]                                      # rows where it would not pay: the tiled path
+            if rr.numel() == 0: continue
         K = _tail_terms(SS.dtype)
         a, J = _tail_split(SS, k)                                                # (R,), (R,)
         if not use_tail or (not cpu and R * T < 2**22): J = torch.full_like(J, T)  # GPU: small batches are launch-bound (measured)

@@ -147,6 +147,60 @@ def test_full_spectrum_across_index_tiles():
     assert torch.equal(fim_eigvalsh(p32, 150), fim_eigvalsh(p32, 150, max_bytes=1))
 
 
+def _spy_aligned(monkeypatch):
+    "Record what each call of the aligned path returned (None: it declined)."
+    from fim_attention import spectrum
+    calls, orig = [], spectrum._secular_aligned
+    def spy(*a):
+        r = orig(*a); calls.append(r); return r
+    monkeypatch.setattr(spectrum, "_secular_aligned", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T", [384, 1024])
+def test_aligned_full_spectrum_equals_plain(dtype, T, monkeypatch):
+    "Full spectra with the far poles above and below by power sums give the plain O(T) path's roots to a few ulps; chunk-invariant."
+    p = torch.cat([make_family(f, 2, T, dtype, seed=17) for f in FAMILIES]
+                  + [_softmax_rows(3, T, dtype, 7, scale=s) for s in (2, 4, 8)])
+    calls = _spy_aligned(monkeypatch)
+    fast, its = _secular_topk(p, T, 2**28, return_iters=True)
+    assert any(c[0].any() for c in calls)                              # the aligned path ran (on the peaked rows)
+    plain = _secular_topk(p, T, 2**28, use_tail=False)
+    m = plain > 0
+    assert torch.equal(fast == 0, plain == 0)
+    assert ((fast - plain).abs()[m] / plain[m]).max().item() <= 8 * torch.finfo(dtype).eps
+    assert its.float()[its > 0].median() <= 5
+    assert torch.equal(fast, _secular_topk(p, T, 2**14 * T, max_iter=100))      # solve chunks of a few pairs: same bits
+    small = _secular_topk(p, T, 2**28, chunk_elems=2**12)               # power sums in small batches of tiles: the prefix
+    assert ((small - fast).abs()[m] / fast[m]).max().item() <= 2 * torch.finfo(dtype).eps   # lengths differ, within the bound
+
+
+def test_aligned_full_spectrum_declines_flat_rows(monkeypatch):
+    "Rows whose direct windows would cover most of T keep the tiled path (the power sums would not pay), also in a mixed batch."
+    calls = _spy_aligned(monkeypatch)
+    flat, peaked = _softmax_rows(4, 512, torch.float64, 2, scale=0.5), _softmax_rows(2, 512, torch.float64, 2, scale=6)
+    p = torch.cat([flat, peaked])
+    lam = fim_eigvalsh(p)
+    taken = calls[0][0]
+    rows = torch.sort(p, -1, descending=True).values
+    need = (rows[:, 1:] < rows[:, :-1]) & (rows[:, 1:] > 0)
+    row_of_pair = need.nonzero(as_tuple=True)[0]
+    assert not taken[row_of_pair < 4].any() and taken[row_of_pair >= 4].all()
+    plain = _secular_topk(p, 512, 2**28, use_tail=False)
+    assert torch.equal(lam[:4], plain[:4])                                # the flat rows: the tiled path itself
+    assert ((lam[4:] - plain[4:]).abs() / plain[4:].clamp_min(1e-300)).max() <= 8 * EPS64
+
+
+def test_aligned_full_spectrum_vs_mpmath(monkeypatch):
+    "The aligned path against the 40-digit oracle, all T = 256 roots of a peaked softmax row and a heavy-tailed Dirichlet row."
+    p = torch.cat([_softmax_rows(1, 256, torch.float64, 9, scale=6), make_family("dirichlet_0.05", 1, 256, seed=9)])
+    calls = _spy_aligned(monkeypatch)
+    lam = fim_eigvalsh(p)
+    assert all(c[0].all() for c in calls)
+    assert rel_err(lam.numpy(), mpmath_secular_eigvalsh(p, dps=40)) <= 1e-10
+
+
 # ---------------------------------------------------------------- float32 / half input
 @pytest.mark.parametrize("T", [16, 256])
 @pytest.mark.parametrize("fam", FAMILIES)
