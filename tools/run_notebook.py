@@ -1,4 +1,4 @@
-"""Execute a notebook in place so its outputs are stored, skipping `#| slow` cells (kept, without outputs).
+"""Execute a notebook in place so its outputs are stored, skipping `#| slow` cells (kept with their stored outputs).
 
     .venv/bin/python tools/run_notebook.py nbs/03_benchmarks.ipynb
 
@@ -15,7 +15,7 @@ run.cells = [c for i, c in enumerate(nb.cells) if i not in kept]
 NotebookClient(run, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(__import__("pathlib").Path(path).parent)}}).execute()
 cells = list(run.cells)
 for i in sorted(kept):
-    c = kept[i]; c.outputs = []; c.execution_count = None
+    c = kept[i]; c.execution_count = None                                     # its stored outputs are the long run's results
     cells.insert(i, c)
 nb.cells = cells
 nbformat.write(nb, path)
