@@ -110,7 +110,7 @@ def test_config_rejects(kw):
 
 def test_train_config_matches_recipe():
     cfg = train_config("mla_kvsplice", 7, AblationConfig(), "/tmp/x")
-    assert (cfg.max_steps, cfg.warmup_steps, cfg.batch_size, cfg.seed, cfg.lr, cfg.min_lr) == (300, 30, 16, 7, 1e-3, 1e-4)
+    assert (cfg.max_steps, cfg.warmup_steps, cfg.batch_size, cfg.seed, cfg.lr, cfg.min_lr) == (2500, 250, 16, 7, 6e-3, 6e-4)
     assert cfg.model.attn == "mla_kvsplice" and cfg.out_dir.endswith("mla_kvsplice_s7")
 
 
