@@ -145,3 +145,18 @@ def test_demo_smoke_default_model(tmp_path, capsys):
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == 30 * 9 * 2
     assert json.loads((out / "atlas.json").read_text())["causal"] is True
+
+
+@needs_minilm
+def test_demo_replaces_an_older_demo_ablation(tmp_path, capsys):
+    "A demo folder left by another recipe (an earlier version) is started again, not resumed into a recipe-mismatch error."
+    out = tmp_path / "demo"
+    args = ["demo", "--model", "minilm", "--max-len", "16", "--windows", "1", "--ablation-steps", "2", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    man = out / "ablation" / "study.json"
+    m = json.loads(man.read_text()); m["config"]["lr"] = 1e-3; man.write_text(json.dumps(m))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "starting it again" in capsys.readouterr().out
+    assert json.loads(man.read_text())["config"]["lr"] == 3e-3
+    assert main(args) == 0 and "starting it again" not in capsys.readouterr().out    # same recipe: resumed (runs skipped)
