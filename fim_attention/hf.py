@@ -463,7 +463,7 @@ def atlas(model, # a model from `load_pretrained`
         for mode, acc in (("query", q), ("mean", mn)):
             if mode not in modes: continue
             t0 = time.perf_counter()
-            acc.append({k: x.float().cpu() for k, x in fim_metrics(P, tau, mode, ranks, valid=vr).items()})
+            acc.append({k: x.float().cpu() for k, x in fim_metrics(P, tau, mode, ranks, valid=vr, normalize=True).items()})
             secs[f"metrics_{mode}"] += time.perf_counter() - t0
         valid.append(v.cpu())
         del P

@@ -135,7 +135,7 @@ def lambda_plus_min(p:Tensor, # (..., T) probabilities
                     tau:float=1.0, # softmax temperature
                     *,
                     valid:Tensor|None=None, # p.shape[:-1] bool: rows to use; others give NaN
-                    normalize:bool=False, # divide each row by its sum instead of requiring sum 1
+                    normalize:bool=False, # rows are distributions: the FIM of p/sum(p) exactly (see `fim_eigvalsh`)
                     max_bytes:int=2**28, # working-memory budget per chunk
                    ) -> Tensor:
     "Smallest eigenvalue on the tangent space of the support, $\\lambda_{m-1}$, per row: one secular root, $O(T)$; NaN if $m \\le 1$."
@@ -153,16 +153,17 @@ def lambda_plus_min(p:Tensor, # (..., T) probabilities
         lo = S.gather(1, (i + 1)[:, None]).squeeze(1)             # i + 1 = r <= m - 1: lo = p_(m) > 0 at least
         lam = hi.clone()                                          # deflation: a tie gives the tied value
         need = (lo < hi).nonzero().squeeze(-1)
-        c0 = one_minus_sum(P[rows])                               # (n,) 1 - sum p, below working precision
+        c0 = S.new_zeros(len(rows)) if normalize else one_minus_sum(P[rows])  # (n,) 1 - sum p, below working precision
         groups = [(need, S, c0)]
         if P.dtype != torch.float64:                              # as the engine: tiny gaps run in float64
             tiny = hi[need] < 2.0**-50
-            groups = [(need[~tiny], S, c0), (need[tiny], S.double(), one_minus_sum(P[rows].double()))]
+            groups = [(need[~tiny], S, c0), (need[tiny], S.double(), c0.double() if normalize else one_minus_sum(P[rows].double()))]
         chunk = max(1, min(max_bytes // (T * P.element_size() * 8), 2**18 // T))
         for idx, SS, cc0 in groups:
             for s in range(0, idx.numel(), chunk):
                 j = idx[s:s + chunk]
                 lam[j] = _secular_pairs(SS[j], i[j], T, cc0[j])[0].to(lam.dtype)
+        if normalize: lam = (lam.double() / P[rows].sum(-1, dtype=torch.float64)).to(lam.dtype)  # lambda(p/s) = root / s
         out[rows] = lam
     return (out / tau**2).reshape(p.shape[:-1])
 
@@ -178,7 +179,7 @@ def fim_metrics(p:Tensor, # (..., T) probabilities (mode="query") or (..., N, T)
                 ranks:Sequence[int]=(8, 16), # the k of each `energy_rk`
                 *,
                 valid:Tensor|None=None, # p.shape[:-1] bool: rows to use (all-zero rows must be marked False)
-                normalize:bool=False, # divide each row by its sum instead of requiring sum 1
+                normalize:bool=False, # rows are distributions: metrics of the FIM of p/sum(p) exactly (model outputs; see `fim_eigvalsh`)
                 which:Iterable[str]|None=None, # subset of `metric_names(ranks)`; default all (needs the full spectrum)
                 max_bytes:int|None=None, # memory budget passed to the engine; default the engine's
                ) -> dict[str, Tensor]:
@@ -194,16 +195,19 @@ def fim_metrics(p:Tensor, # (..., T) probabilities (mode="query") or (..., N, T)
     T = p.shape[-1]
     k = _needed_k(which, T, mode)
     kw = {} if max_bytes is None else dict(max_bytes=max_bytes)
-    rowtr = torch.where(ok, (p * (1 - p)).sum(-1), 0)             # (...) sum of non-negative terms: no cancellation
+    if normalize:                                                 # trace of F(p/s) = sum_j p_j (s - p_j) / s^2, in float64
+        pd = p.double(); sd = pd.sum(-1, keepdim=True)
+        rowtr = torch.where(ok, ((pd * (sd - pd)).sum(-1) / torch.where(sd > 0, sd, 1.0).squeeze(-1) ** 2).to(p.dtype), 0)
+    else: rowtr = torch.where(ok, (p * (1 - p)).sum(-1), 0)       # (...) sum of non-negative terms: no cancellation
     lam_min = None
     if mode == "query":
-        lam = fim_eigvalsh(p, k=k, tau=tau, valid=ok, **kw)      # (..., k)
+        lam = fim_eigvalsh(p, k=k, tau=tau, valid=ok, normalize=normalize, **kw)  # (..., k)
         rank = torch.where(ok, support_rank(p), 0)
         trace = rowtr / tau**2
         if "cond" in which and k is not None:                     # the bottom eigenvalue: one more root per row
-            lam_min = lambda_plus_min(p, tau, valid=ok, **kw)
+            lam_min = lambda_plus_min(p, tau, valid=ok, normalize=normalize, **kw)
     else:
-        lam = mean_fim_eigvalsh(p, k=k, tau=tau, valid=ok, **kw) # (..., k)
+        lam = mean_fim_eigvalsh(p, k=k, tau=tau, valid=ok, normalize=normalize, **kw)  # (..., k)
         n = ok.sum(-1)                                            # (...) valid rows per group
         rank = mean_support_rank(p, ok)
         trace = rowtr.sum(-1) / n.clamp_min(1) / tau**2

@@ -72,6 +72,7 @@ def mpmath_secular_eigvalsh(p, # (..., T) probabilities (any T; cost ~ k * T * 6
                             k:int|None=None, # number of largest eigenvalues
                             tau:float=1.0, # temperature
                             dps:int=90, # decimal digits (ends move to 2^-220 of a pole)
+                            normalize:bool=False, # the FIM of the exact distribution p/sum(p) (sum 1 exactly, not to `dps` digits)
                            )->np.ndarray: # (..., k) float64 descending
     "High-precision reference for any T: Illinois-safeguarded root of the *unfactored* $\\det$ ratio $1-\\sum_j p_j^2/(p_j-x)$ in each interlacing gap."
     P, batch = _rows(p)
@@ -82,17 +83,21 @@ def mpmath_secular_eigvalsh(p, # (..., T) probabilities (any T; cost ~ k * T * 6
             x = [mpmath.mpf(float(v)) for v in r if v > 0]
             s = sorted(x, reverse=True) + [mpmath.mpf(0)] * (T - len(x))
             sq = [v * v for v in x]
-            def f(y): return 1 - mpmath.fsum(q / (v - y) for q, v in zip(sq, x))  # +inf at lo+, -inf at hi-
+            tot = mpmath.fsum(x) if normalize else 1
+            if normalize:  # F(x/tot): roots y of -y sum x/(x - y) (1 - sum x = 0 exactly, not to `dps` digits), then / tot
+                def f(y): return -y * mpmath.fsum(v / (v - y) for v in x)       # +inf at lo+, -inf at hi-
+            else:
+                def f(y): return 1 - mpmath.fsum(q / (v - y) for q, v in zip(sq, x))  # +inf at lo+, -inf at hi-
             for i in range(k):
                 hi = s[i]; lo = s[i + 1] if i + 1 < T else mpmath.mpf(0)
-                if lo == hi or lo == 0: out[b, i] = float(hi if lo == hi else 0); continue
+                if lo == hi or lo == 0: out[b, i] = float(hi / tot if lo == hi else 0); continue
                 wl, wh = min(hi - lo, lo), min(hi - lo, hi)                      # ends move geometrically towards each pole
                 a = c = None
                 for e in range(20, 240, 20):
                     if a is None and f(lo + wl * mpmath.mpf(2) ** -e) > 0: a = lo + wl * mpmath.mpf(2) ** -e
                     if c is None and f(hi - wh * mpmath.mpf(2) ** -e) < 0: c = hi - wh * mpmath.mpf(2) ** -e
-                if a is None: out[b, i] = float(lo); continue                    # root within 2^-220 of the pole
-                if c is None: out[b, i] = float(hi); continue
+                if a is None: out[b, i] = float(lo / tot); continue              # root within 2^-220 of the pole
+                if c is None: out[b, i] = float(hi / tot); continue
                 fa, fc, side = f(a), f(c), 0
                 for _ in range(2000):                                            # Illinois regula falsi on f(a) > 0 > f(c)
                     m = (a * fc - c * fa) / (fc - fa)
@@ -108,5 +113,5 @@ def mpmath_secular_eigvalsh(p, # (..., T) probabilities (any T; cost ~ k * T * 6
                         if side == 1: fa /= 2
                         side = 1
                     if c - a <= abs(m) * mpmath.mpf(10) ** -30: break
-                out[b, i] = float((a + c) / 2)
+                out[b, i] = float((a + c) / 2 / tot)
     return out.reshape(*batch, k) / tau**2

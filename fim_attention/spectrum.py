@@ -366,10 +366,11 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
                   k:int, max_bytes:int, max_iter:int=100,
                   return_iters:bool=False, chunk_elems:int|None=None,
                   use_tail:bool=True, # False: every evaluation sums all T terms (the plain path, for checks)
+                  exact_sum:bool=False, # rows are the distributions p/sum(p): c0 := 0, eigenvalues divided by the sum
                  ):
     "Top-k FIM eigenvalues (tau=1) of each row via interlacing brackets, deflation and the secular root finder."
     R, T = P.shape
-    c0 = one_minus_sum(P)                                                        # (R,)
+    c0 = P.new_zeros(R) if exact_sum else one_minus_sum(P)                       # (R,)
     S = torch.sort(P, dim=-1, descending=True).values                            # (R, T): brackets and the head/tail split
     Sx = torch.cat([S, S.new_zeros(R, 1)], -1)                                   # p_(T+1) := 0: the null root
     hi, lo = Sx[:, :k], Sx[:, 1:k + 1]                                           # interlacing: lo <= lambda_i <= hi
@@ -383,7 +384,7 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
     groups = [(ridx, cidx, S, c0)]
     if P.dtype != torch.float64:                                                 # float32: pairs with a gap below 2^-50 run in
         tiny = hi[ridx, cidx] < 2.0**-50                                         # float64 (c0/x^2 would overflow, subnormals lose digits)
-        groups = [(ridx[~tiny], cidx[~tiny], S, c0), (ridx[tiny], cidx[tiny], S.double(), one_minus_sum(P.double()))]
+        groups = [(ridx[~tiny], cidx[~tiny], S, c0), (ridx[tiny], cidx[tiny], S.double(), c0.double() if exact_sum else one_minus_sum(P.double()))]
     for rr, cc, SS, cc0 in groups:
         if rr.numel() == 0: continue
         if cpu and use_tail and k > _WIN:                                        # many tiles: far poles above and below by power sums
@@ -424,6 +425,9 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
                 l, it = _secular_pairs(Pm, c, Hw, cc0[r], max_iter, tail=tail, w0=w0, ws=flat)
                 lam[r, c] = l.to(lam.dtype); iters[r, c] = it
             s0 += cnt
+    if exact_sum:                                                                # lambda(p/s) = root / s, the sum in float64
+        s = P.sum(-1, dtype=torch.float64)
+        lam = (lam.double() / torch.where(s > 0, s, 1.0).unsqueeze(-1)).to(lam.dtype)
     return (lam, iters) if return_iters else lam
 
 
@@ -444,7 +448,7 @@ def fim_eigvalsh(p:Tensor, # (..., T) attention probabilities along the last dim
                  tau:float=1.0, # softmax temperature > 0: eigenvalues scale as 1/tau^2
                  method:str="secular", # "secular" (O(kT) per row, exact) or "dense" (forms T x T, torch eigvalsh)
                  *,
-                 normalize:bool=False, # rescale rows to sum 1 instead of requiring it
+                 normalize:bool=False, # rows are distributions: the FIM of p/sum(p) exactly (any positive sum; its rounding removed)
                  valid:Tensor|None=None, # bool (...,): False rows (padding) give NaN
                  max_bytes:int=2**28, # working-memory budget per chunk
                  max_iter:int=100, # root-finder iteration cap (typically 3-5 are used)
@@ -461,7 +465,7 @@ def fim_eigvalsh(p:Tensor, # (..., T) attention probabilities along the last dim
         lam = torch.cat([torch.linalg.eigvalsh(fim(P[s:s + chunk])).flip(-1)[:, :k]
                          for s in range(0, P.shape[0], chunk)]) if P.shape[0] else P.new_zeros(0, k)
     else:
-        lam = _secular_topk(P, k, max_bytes, max_iter) if P.shape[0] else P.new_zeros(0, k)
+        lam = _secular_topk(P, k, max_bytes, max_iter, exact_sum=normalize) if P.shape[0] else P.new_zeros(0, k)
     lam = lam / tau**2
     lam = lam.masked_fill(~vmask.reshape(-1, 1), float("nan"))
     return lam.reshape(*p.shape[:-1], k)
@@ -581,7 +585,7 @@ def mean_fim_eigvalsh(p:Tensor, # (..., N, T): N rows (queries) per group (head)
                       tau:float=1.0, # temperature > 0
                       *,
                       method:str="auto", # "dense" (T x T eigvalsh), "lanczos" (O(NT) per product), "auto"
-                      normalize:bool=False, # rescale rows to sum 1
+                      normalize:bool=False, # rows are distributions: each rescaled to sum 1 in float64
                       valid:Tensor|None=None, # bool (..., N): rows to average over; a group with none gives NaN
                       max_bytes:int=2**28, # memory budget per chunk of the dense path
                       tol:float=1e-12, # Lanczos: residual norm <= tol * lambda_1 for each of the top k
@@ -595,6 +599,9 @@ def mean_fim_eigvalsh(p:Tensor, # (..., N, T): N rows (queries) per group (head)
     N, T = p.shape[-2:]; k = _check_k(k, T)
     batch = p.shape[:-2]
     P = p.reshape(-1, N, T).double() * vmask.reshape(-1, N, 1)                   # (B, N, T) float64 always (see text)
+    if normalize:                                                                # the distributions: sums 1 to float64 rounding
+        s = P.sum(-1, keepdim=True)
+        P = P / torch.where(s > 0, s, 1.0)
     nv = vmask.reshape(-1, N).sum(-1).to(P.dtype)                                # (B,) valid rows per group
     nvs = nv.clamp_min(1)
     pbar = P.sum(-2) / nvs.unsqueeze(-1)                                         # (B, T)

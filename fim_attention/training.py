@@ -277,7 +277,7 @@ class FisherMetricsCallback(Callback):
             p = probs[l].float(); probs[l] = None  # free layer by layer
             B, H, T, _ = p.shape
             if "query" in self.modes:  # every causal row: (B, H, T) values -> (H,)
-                m = reduce_metrics(fim_metrics(p, self.tau, mode="query", ranks=self.ranks), dim=(0, -1))
+                m = reduce_metrics(fim_metrics(p, self.tau, mode="query", ranks=self.ranks, normalize=True), dim=(0, -1))
                 for k, v in m.items(): out["query"].setdefault(k, []).append(v)
             if "mean" in self.modes:
                 n = min(self.n_rows, B * T)
@@ -285,7 +285,7 @@ class FisherMetricsCallback(Callback):
                 g = torch.Generator(device=dev).manual_seed(seed + l)
                 pick = torch.rand(H, B * T, device=dev, generator=g).argsort(-1)[:, :n]  # (H, n) without replacement
                 sampled = rows.gather(1, pick[..., None].expand(H, n, T))  # (H, n, T)
-                for k, v in fim_metrics(sampled, self.tau, mode="mean", ranks=self.ranks).items():  # (H,)
+                for k, v in fim_metrics(sampled, self.tau, mode="mean", ranks=self.ranks, normalize=True).items():  # (H,)
                     out["mean"].setdefault(k, []).append(v)
             if "reference" in self.modes:  # same generator seed: the same rows as "mean"
                 g = torch.Generator(device=dev).manual_seed(seed + l)

@@ -480,3 +480,30 @@ def test_bench_spectrum_smoke(tmp_path):
     assert all(r["accuracy"]["top16_max_rel_err_vs_scipy"] < 1e-10 for r in run["per_T"])
     assert run["mean_fim"]["top_k_max_rel_diff"] < 1e-10
     assert abs(bs.slope([1, 2, 4], [3.0, 12.0, 48.0]) - 2) < 1e-12
+
+
+# ---------------------------------------------------------------- normalize=True: rows read as exact distributions
+def test_normalize_metrics_stable_under_rounding():
+    g = torch.Generator().manual_seed(1)
+    p = torch.softmax(torch.randn(128, 64, generator=g, dtype=torch.float64) * 12, -1).float()  # near-one-hot and tiny entries
+    q = p * (1 + torch.finfo(F32).eps * 4 * (torch.rand(p.shape, generator=g) - 0.5))  # 2-ulp noise
+    a, b = fim_metrics(p, normalize=True), fim_metrics(q, normalize=True)
+    for k in METRIC_NAMES:
+        assert ((b[k].double() - a[k].double()).abs() / a[k].double().abs()).max() < 2e-6, k
+    lit_a, lit_b = fim_metrics(p), fim_metrics(q)  # the literal floats: cond follows the rounding of the sum
+    assert ((lit_b["cond"].double() - lit_a["cond"].double()).abs() / lit_a["cond"].double()).max() > 1e-2
+    m64 = fim_metrics(p.double() / p.double().sum(-1, keepdim=True), normalize=True)
+    for k in METRIC_NAMES:  # float32 input agrees with float64 on the same distributions
+        assert ((a[k].double() - m64[k]).abs() / m64[k].abs()).max() < 2e-6, k
+
+
+def test_normalize_trace_and_lambda_min_are_the_distributions():
+    p = make_family("dirichlet_0.05", 8, 40, F32, seed=9) * 2.5
+    lam = fim_eigvalsh(p.double() / p.double().sum(-1, keepdim=True), normalize=True)  # (8, 40) float64 reference
+    m = fim_metrics(p, normalize=True)
+    torch.testing.assert_close(m["trace"].double(), lam.sum(-1), rtol=2e-6, atol=1e-30)
+    rank = support_rank(p)
+    lmin = lam.gather(-1, (rank - 1).clamp_min(0)[:, None]).squeeze(-1)
+    got = lambda_plus_min(p, normalize=True).double()
+    ok = (rank >= 1) & (lmin > torch.finfo(F32).tiny * 2**10)
+    assert ((got - lmin).abs() / lmin)[ok].max() < 2e-6

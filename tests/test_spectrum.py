@@ -415,3 +415,47 @@ def test_lanczos_handles_repeated_eigenvalues():
     assert np.sum(np.isclose(ref[0], 0.008, rtol=1e-12)) >= 10               # the repeated eigenvalue is in the top 16
     lam = mean_fim_eigvalsh(p, 16, method="lanczos").numpy()
     assert np.max(np.abs(lam - ref) / ref) <= 1e-10
+
+
+# ---------------------------------------------------------------- normalize=True: rows read as exact distributions
+def _two_ulp(p, seed=0):
+    "Every entry moved by up to 2 ulp (relative), as another softmax kernel would round it."
+    g = torch.Generator().manual_seed(seed)
+    return p * (1 + torch.finfo(p.dtype).eps * 4 * (torch.rand(p.shape, generator=g, dtype=p.dtype) - 0.5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fam", ["dirichlet_0.05", "peaked_1-1e-6", "saturated", "causal"])
+def test_normalize_is_the_exact_distribution(fam, dtype):
+    p = make_family(fam, 2, 40, dtype, seed=11) * 1.7  # any positive sum
+    truth = torch.as_tensor(mpmath_secular_eigvalsh(p.double(), normalize=True))
+    keep = truth > torch.finfo(dtype).tiny * 2**10  # relative accuracy is not defined in subnormals
+    ours = fim_eigvalsh(p, normalize=True).double()
+    tol = 2e-6 if dtype == torch.float32 else 1e-13
+    assert (((ours - truth).abs() / truth)[keep] <= tol).all()
+    assert (ours[~keep].abs() <= torch.finfo(dtype).tiny * 2**11).all()
+
+
+@pytest.mark.parametrize("k", [4, None])
+def test_normalize_is_stable_under_rounding_and_literal_is_not(k):
+    g = torch.Generator().manual_seed(3)
+    p = torch.softmax(torch.randn(64, 48, generator=g, dtype=torch.float64) * 12, -1).float()  # entries down to ~1e-30
+    q = _two_ulp(p)
+    a, b = fim_eigvalsh(p, k, normalize=True).double(), fim_eigvalsh(q, k, normalize=True).double()
+    keep = a > torch.finfo(torch.float32).tiny * 2**10
+    assert ((b - a).abs() / a)[keep].max() < 2e-6
+    la, lb = fim_eigvalsh(p, k).double(), fim_eigvalsh(q, k).double()  # the literal floats: the bottom follows c0
+    keep = la > torch.finfo(torch.float32).tiny * 2**10
+    assert ((lb - la).abs() / la)[keep].max() > 1e-2
+
+
+def test_normalize_scale_invariance_and_mean_fim():
+    p = make_family("dirichlet_1", 6, 64, torch.float64, seed=2)
+    torch.testing.assert_close(fim_eigvalsh(p * 3.7, normalize=True), fim_eigvalsh(p), rtol=1e-13, atol=0)
+    P = make_family("causal", 24, 32, torch.float64, seed=5).reshape(3, 8, 32)
+    torch.testing.assert_close(mean_fim_eigvalsh(P * 0.3, normalize=True), mean_fim_eigvalsh(P), rtol=1e-12, atol=1e-15)
+    P32 = P.float()  # float32 rows: normalised in float64 before averaging
+    want = torch.as_tensor(scipy_mean_fim_eigvalsh(P32.double() / P32.double().sum(-1, keepdim=True)))
+    got = mean_fim_eigvalsh(P32, normalize=True).double()
+    top = want > 1e-6 * want[..., :1]
+    assert (((got - want).abs() / want)[top] < 1e-6).all()
