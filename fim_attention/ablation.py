@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +30,14 @@ from .spectrum import fim_eigvalsh, mean_fim_eigvalsh
 from .training import Callback, TrainConfig, read_log, train
 
 # %% auto #0
-__all__ = ['VARIANTS', 'LABELS', 'METRICS', 'DEFINITIONS', 'REF_METRICS', 'ALL_METRICS', 'SEED_TABLE', 'COLORS', 'AblationConfig',
-           'check_variants', 'check_seeds', 'run_name', 'train_config', 'layer_spectra', 'SpectrumProbe',
-           'run_finished', 'run_one', 'run_ablation', 'summarize_run', 'summarize', 'seed_stats', 'compare',
-           'final_values', 'variant_table', 'verdicts', 'table_markdown', 'seed_table_markdown', 'verdict_markdown',
-           'claim_summary', 'plot_fim_curves', 'plot_losses', 'plot_spectra', 'plot_ra_layers', 'plot_kv_bytes',
-           'plot_fim_layers', 'report', 'throughput', 'add_ablate_arguments', 'run_ablate', 'add_report_arguments',
-           'run_report']
+__all__ = ['VARIANTS', 'LABELS', 'METRICS', 'DEFINITIONS', 'REF_METRICS', 'ALL_METRICS', 'SEED_TABLE', 'BUDGET_PAIRS', 'COLORS',
+           'AblationConfig', 'check_variants', 'check_seeds', 'run_name', 'train_config', 'layer_spectra',
+           'SpectrumProbe', 'run_finished', 'run_one', 'run_ablation', 'summarize_run', 'summarize', 'seed_stats',
+           'compare', 'final_values', 'variant_table', 'verdicts', 'budget_fit', 'budget_runs', 'budget_fits',
+           'plot_budgets', 'by_budget', 'budget_table_markdown', 'budget_gap_markdown', 'table_markdown',
+           'seed_table_markdown', 'verdict_markdown', 'claim_summary', 'plot_fim_curves', 'plot_losses', 'plot_spectra',
+           'plot_ra_layers', 'plot_kv_bytes', 'plot_fim_layers', 'report', 'throughput', 'add_ablate_arguments',
+           'run_ablate', 'add_report_arguments', 'run_report']
 
 # %% ../nbs/07_ablation.ipynb #3ddc6f0e
 VARIANTS = ("standard", "ra", "mla", "mla_kvsplice", "ra_mla", "ra_mla_kvsplice")
@@ -572,6 +574,206 @@ def verdicts(summary: dict, # from `summarize`
         add(3, a, b, "fim:query:eigmax", lambda c: _equivalent(c, margin), note=f"unchanged = within ±{margin:.0%}")
     return rows
 
+# %% ../nbs/07_ablation.ipynb #7ea16383
+def _profile(n: np.ndarray, L: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    "Least-squares (L_inf, A) of L = L_inf + A n^-alpha for a fixed alpha, and the residual sum of squares."
+    X = np.stack([np.ones_like(n), n ** -alpha], 1)  # (k, 2)
+    coef, *_ = np.linalg.lstsq(X, L, rcond=None)
+    res = L - X @ coef
+    return coef, float(res @ res)
+
+def _fit_power(n: np.ndarray, L: np.ndarray, max_alpha: float) -> dict:
+    "Profile least squares of L = L_inf + A n^-alpha over alpha in (0, max_alpha]; n is scaled by its largest value."
+    from scipy.optimize import minimize_scalar
+    s = n / n.max()  # conditioning: the largest budget is 1
+    grid = np.geomspace(1e-3, max_alpha, 400)
+    rss = np.array([_profile(s, L, a)[1] for a in grid])
+    i = int(np.argmin(rss))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    alpha = float(minimize_scalar(lambda a: _profile(s, L, a)[1], bounds=(lo, hi), method="bounded",
+                                  options={"xatol": 1e-10}).x) if hi > lo else float(grid[i])
+    (l_inf, a_s), r = _profile(s, L, alpha)
+    return {"l_inf": float(l_inf), "a": float(a_s * n.max() ** alpha), "alpha": alpha,
+            "rms": math.sqrt(r / len(L)), "at_bound": bool(i == 0 or i == len(grid) - 1)}
+
+def budget_fit(steps, # end-of-schedule budgets in steps, each run with its own full schedule (>= 3 distinct)
+               losses, # validation loss at the end of each run
+               tol: float = 0.01, # converged: one more doubling lowers the loss by less than this (relative)
+               max_alpha: float = 4.0, # largest exponent searched
+              ) -> dict:
+    "Fit L(n) = L_inf + A n^-alpha to end-of-schedule losses: converged loss, next doubling's gain, steps to convergence."
+    n = np.asarray(steps, dtype=np.float64).ravel(); L = np.asarray(losses, dtype=np.float64).ravel()
+    if n.shape != L.shape: raise ValueError(f"steps and losses differ in length: {n.size} vs {L.size}")
+    if not (np.isfinite(n).all() and np.isfinite(L).all()): raise ValueError("steps and losses must be finite")
+    if (n <= 0).any(): raise ValueError("steps must be positive")
+    if len(np.unique(n)) != n.size or n.size < 3: raise ValueError(f"need >= 3 distinct budgets, got {sorted(n.tolist())}")
+    if not 0 < tol < 1: raise ValueError(f"tol must be in (0, 1), got {tol}")
+    order = np.argsort(n); n, L = n[order], L[order]
+    fit = _fit_power(n, L, max_alpha)
+    out = {"steps": n.tolist(), "losses": L.tolist(), **fit, "ok": True, "reason": ""}
+    if (np.diff(L) > 0).any():
+        out.update(ok=False, reason="the loss rises between budgets (noise or overfitting): no power-law limit", l_inf=math.nan)
+    elif fit["a"] <= 0:
+        out.update(ok=False, reason="the loss does not fall with the budget", l_inf=math.nan)
+    elif fit["alpha"] <= 2e-3:
+        out.update(ok=False, reason="no plateau in sight: the fitted exponent runs to 0", l_inf=math.nan)
+    elif fit["l_inf"] <= 0:  # a cross-entropy cannot go below 0: the gains do not shrink fast enough to show a floor
+        out.update(ok=False, reason="no plateau in sight: the fitted limit is below 0", l_inf=math.nan)
+    model = lambda m: out["l_inf"] + out["a"] * m ** -out["alpha"]
+    top = n[-1]
+    if out["ok"]:
+        gain = lambda m: (model(m) - model(2 * m)) / model(m)  # relative gain of one more doubling
+        k = 0
+        while gain(top * 2.0 ** k) >= tol and k < 60: k += 1
+        out.update(next_doubling=-gain(top), converged_steps=float(top * 2.0 ** k) if k < 60 else math.inf,
+                   doublings_left=k, gap_to_limit=float(L[-1] / out["l_inf"] - 1))
+    else: out.update(next_doubling=math.nan, converged_steps=math.nan, doublings_left=None, gap_to_limit=math.nan)
+    if n.size >= 4:  # what the fit predicts for budgets it has not seen
+        head = _fit_power(n[:-1], L[:-1], max_alpha)
+        out["holdout"] = {"steps": float(top), "measured": float(L[-1]),
+                          "predicted": float(head["l_inf"] + head["a"] * top ** -head["alpha"])}
+        loo = [_fit_power(np.delete(n, i), np.delete(L, i), max_alpha) for i in range(n.size)]
+        out["l_inf_loo"] = [f["l_inf"] if f["a"] > 0 and f["alpha"] > 2e-3 and f["l_inf"] > 0 else math.nan for f in loo]
+    return out
+
+# %% ../nbs/07_ablation.ipynb #054ff3e9
+def budget_runs(summaries: dict, # {steps: summary} of studies that differ only in their number of steps
+                seed: int = 0, # the seed present at every budget
+               ) -> dict[str, dict[int, dict]]:
+    "`{variant: {steps: run}}`: one seed's finished runs, gathered across budgets."
+    out = {}
+    for S in summaries.values():
+        for r in S["runs"].values():
+            if r["finished"] and r["seed"] == seed: out.setdefault(r["variant"], {})[int(r["steps"])] = r
+    return {v: dict(sorted(out[v].items())) for v in VARIANTS if v in out}
+
+def budget_fits(summaries: dict, # {steps: summary}
+                seed: int = 0, # the seed present at every budget
+                tol: float = 0.01, # see `budget_fit`
+               ) -> dict[str, dict]:
+    "`budget_fit` of each variant's final validation loss over the budgets it was run at (variants with >= 3)."
+    return {v: budget_fit(list(rs), [r["val_loss"] for r in rs.values()], tol=tol)
+            for v, rs in budget_runs(summaries, seed).items() if len(rs) >= 3}
+
+def plot_budgets(summaries: dict, # {steps: summary}
+                 seed: int = 0, # the seed present at every budget
+                 fits: dict | None = None, # from `budget_fits` (computed if None)
+                ):
+    "Validation loss over tokens at each budget, one panel per variant: end points, fitted power law, converged limit."
+    import matplotlib.pyplot as plt
+    runs = budget_runs(summaries, seed)
+    fits = budget_fits(summaries, seed) if fits is None else fits
+    budgets = sorted({n for rs in runs.values() for n in rs})
+    cmap = plt.get_cmap("viridis")
+    color = {n: cmap(0.85 * i / max(len(budgets) - 1, 1)) for i, n in enumerate(budgets)}
+    fig, axs = plt.subplots(2, (len(runs) + 1) // 2, figsize=(3.4 * ((len(runs) + 1) // 2), 6.4), sharex=True, sharey=True,
+                            squeeze=False)
+    tps = next(iter(next(iter(runs.values())).values()))["tokens_per_step"] / 1e6  # M tokens per step
+    for ax, (v, rs) in zip(axs.flat, runs.items()):
+        for n, r in rs.items():
+            ax.plot(np.array(r["eval"]["step"][1:]) * tps, r["eval"]["val_loss"][1:], color=color[n], lw=1, label=f"{n:,} steps")
+            ax.plot(n * tps, r["val_loss"], "o", color=color[n], ms=5, mec="k")
+        f = fits.get(v)
+        if f and f["ok"]:
+            m = np.geomspace(min(rs), 8 * max(rs), 100)
+            ax.plot(m * tps, f["l_inf"] + f["a"] * m ** -f["alpha"], "k--", lw=1, label="power law through the end points")
+            ax.axhline(f["l_inf"], color="k", ls=":", lw=1, label="its converged limit")
+        elif f: ax.text(0.97, 0.9, "no floor in sight", transform=ax.transAxes, ha="right", fontsize=8)
+        ax.set_xscale("log"); ax.set_title(LABELS[v], fontsize=9)
+    for ax in axs[-1]: ax.set_xlabel("training tokens (M)")
+    axs[0, 0].set_xlim(0.4 * budgets[0] * tps, 8.5 * budgets[-1] * tps)
+    ends = [r["val_loss"] for rs in runs.values() for r in rs.values()]
+    lims = [f["l_inf"] for f in fits.values() if f["ok"]]
+    axs[0, 0].set_ylim(min(ends + lims) - 0.05, max(ends) + 0.35)
+    for ax in axs[:, 0]: ax.set_ylabel("val loss (nats/byte)")
+    for ax in axs.flat[len(runs):]: ax.axis("off")
+    seen = {}
+    for ax in axs.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()): seen.setdefault(lab, h)
+    fig.legend(seen.values(), seen.keys(), loc="lower center", ncol=len(seen), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+# %% ../nbs/07_ablation.ipynb #1c4cff09
+_BUDGET_FREE = {"steps", "warmup_steps", "eval_interval", "fim_interval", "ckpt_interval"}  # may differ between budgets
+BUDGET_PAIRS = [("mla_kvsplice", "mla", 3), ("ra_mla_kvsplice", "ra_mla", 3), ("mla", "standard", 2),
+                ("mla_kvsplice", "standard", 2), ("ra_mla", "mla", 1), ("ra", "standard", 1)]  # (A, B, claim)
+
+def by_budget(studies, # study summaries (from `summarize`) or study folders
+             ) -> dict[int, dict]:
+    "`{steps: summary}` of studies that differ only in their number of steps (the recipe is checked)."
+    out, recipe = {}, None
+    for s in studies:
+        S = summarize(s) if isinstance(s, (str, Path)) else s
+        steps = {int(r["steps"]) for r in S["runs"].values()}
+        if len(steps) != 1: raise ValueError(f"a study mixes budgets: {sorted(steps)} steps")
+        n = steps.pop()
+        cfg = (S.get("study") or {}).get("config")
+        if cfg is not None:
+            mine = {k: v for k, v in cfg.items() if k not in _BUDGET_FREE}
+            if recipe is None: recipe = mine
+            elif mine != recipe:
+                diff = sorted(k for k in recipe.keys() | mine.keys() if recipe.get(k) != mine.get(k))
+                raise ValueError(f"the studies differ in more than their budget: {', '.join(diff)}")
+        if n in out: raise ValueError(f"two studies with {n} steps")
+        out[n] = S
+    return dict(sorted(out.items()))
+
+def _hours(seconds: float) -> str: return f"{seconds / 3600:.1f} h" if seconds < 36000 else f"{seconds / 3600:,.0f} h"
+
+def budget_table_markdown(summaries: dict, # {steps: summary}, e.g. from `by_budget`
+                          seed: int = 0, # the seed present at every budget
+                          tol: float = 0.01, # converged: one more doubling gains less than this
+                         ) -> str:
+    "Per variant: final val loss per budget, last doubling's gain, held-out prediction, L_inf, steps and time to converge."
+    runs, fits = budget_runs(summaries, seed), budget_fits(summaries, seed, tol)
+    budgets = list(summaries)
+    top = [r for rs in runs.values() for n, r in rs.items() if n == budgets[-1] and r.get("train_s")]
+    s_step = float(np.median([r["train_s"] / r["steps"] for r in top])) if top else math.nan
+    many = max(budgets, key=lambda n: max(Counter(r["variant"] for r in summaries[n]["runs"].values() if r["finished"]).values()))
+    sd = {v: seed_stats(list(x.values()))["std"] for v, x in final_values(summaries[many], "val_loss").items()}
+    hdr = [f"{n:,}" for n in budgets] + ["last doubling", f"{budgets[-1]:,} predicted vs measured", "L∞ [leave-one-out]",
+           f"{budgets[-1]:,} above L∞", f"steps to converge (< {tol:.0%} per doubling)", "time of one such run",
+           f"seed sd ({many:,} steps)"]
+    lines = ["| variant | " + " | ".join(hdr) + " |", "|---|" + "---|" * len(hdr)]
+    for v, rs in runs.items():
+        L = {n: r["val_loss"] for n, r in rs.items()}
+        f = fits.get(v)
+        cells = [f"{L[n]:.3f}" if n in L else "—" for n in budgets]
+        cells.append(f"{100 * (L[budgets[-1]] / L[budgets[-2]] - 1):+.1f}%" if budgets[-1] in L and budgets[-2] in L else "—")
+        ho = (f or {}).get("holdout")
+        cells.append(f"{ho['predicted']:.3f} vs {ho['measured']:.3f}" if ho and len(L) == len(budgets) else "—")
+        if f and f["ok"]:
+            loo = [x for x in f.get("l_inf_loo", []) if math.isfinite(x)]
+            cells += [f"{f['l_inf']:.3f}" + (f" [{min(loo):.3f}, {max(loo):.3f}]" if loo else ""),
+                      f"{100 * f['gap_to_limit']:+.1f}%", f"{f['converged_steps']:,.0f}",
+                      _hours(f['converged_steps'] * s_step) if math.isfinite(s_step) else "—"]
+        else: cells += [f"— ({f['reason']})" if f else "— (< 3 budgets)", "—", "—", "—"]
+        cells.append(f"{sd[v]:.4f}" if math.isfinite(sd.get(v, math.nan)) else "—")
+        lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+def budget_gap_markdown(summaries: dict, # {steps: summary}
+                        pairs=BUDGET_PAIRS, # (A, B, claim) triples
+                        seed: int = 0, # the seed present at every budget
+                       ) -> str:
+    "Relative val-loss gap A/B − 1 at each budget and between the fitted limits (leave-one-out range in brackets)."
+    runs, fits = budget_runs(summaries, seed), budget_fits(summaries, seed)
+    budgets = list(summaries)
+    lines = ["| A − B (claim) | " + " | ".join(f"{n:,}" for n in budgets) + " | at L∞ |", "|---|" + "---|" * (len(budgets) + 1)]
+    for a, b, c in pairs:
+        if a not in runs or b not in runs: continue
+        cells = [f"{100 * (runs[a][n]['val_loss'] / runs[b][n]['val_loss'] - 1):+.1f}%" if n in runs[a] and n in runs[b] else "—"
+                 for n in budgets]
+        fa, fb = fits.get(a), fits.get(b)
+        if fa and fb and fa["ok"] and fb["ok"]:
+            loo = [100 * (x / y - 1) for x, y in zip(fa.get("l_inf_loo", []), fb.get("l_inf_loo", []))
+                   if math.isfinite(x) and math.isfinite(y)] if fa["steps"] == fb["steps"] else []
+            cells.append(f"{100 * (fa['l_inf'] / fb['l_inf'] - 1):+.1f}%" + (f" [{min(loo):+.1f}, {max(loo):+.1f}]" if loo else ""))
+        else: cells.append("—")
+        lines.append(f"| {LABELS[a]} − {LABELS[b]} ({c}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
 # %% ../nbs/07_ablation.ipynb #9b8613bb
 def _fmt(s: dict, digits: int = 4) -> str:
     if not s or s["n"] == 0 or not math.isfinite(s["mean"]): return "—"
@@ -818,15 +1020,18 @@ def plot_fim_layers(summary: dict, # from `summarize`
 def report(run_dir, # study folder written by `run_ablation` (or `fim-attention ablate`)
            out=None, # output folder (default run_dir/report): summary.json, tables .md, verdicts.json, plots .png
            plots: bool = True, # write the figures
+           budgets=(), # folders of the same study at other step counts: adds the convergence tables and plot
           ) -> dict:
     "Tables, verdicts and plots from the JSONL logs of a study; returns the summary and the Markdown texts."
     summary = summarize(run_dir)
+    SB = by_budget([summary] + [summarize(d) for d in budgets]) if budgets else None
     out = Path(out) if out is not None else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, allow_nan=False, separators=(",", ":")))
     rows = verdicts(summary)
     texts = {"table": table_markdown(summary), "seed_table": seed_table_markdown(summary), "verdicts": verdict_markdown(rows),
              "claims": claim_summary(rows)}
+    if SB is not None: texts["budgets"] = budget_table_markdown(SB) + "\n\n" + budget_gap_markdown(SB)
     for k, t in texts.items(): (out / f"{k}.md").write_text(t + "\n")
     (out / "verdicts.json").write_text(json.dumps([{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
                                                   for r in rows], indent=1))
@@ -840,6 +1045,9 @@ def report(run_dir, # study folder written by `run_ablation` (or `fim-attention 
             fig = fn(summary)
             if fig is None: continue
             fig.savefig(out / f"{name}.png", dpi=110); plt.close(fig); files.append(str(out / f"{name}.png"))
+        if SB is not None:
+            fig = plot_budgets(SB)
+            fig.savefig(out / "budgets.png", dpi=110); plt.close(fig); files.append(str(out / "budgets.png"))
     return {"summary": summary, "verdicts": rows, **texts, "out": str(out), "plots": files}
 
 def throughput(variants=VARIANTS, # variants to time
@@ -938,6 +1146,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("run_dir", help="study folder written by `fim-attention ablate` (or one run folder)")
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--budgets", nargs="+", default=[], metavar="DIR",
+                        help="the same study run for other numbers of steps: adds how far from convergence it is "
+                             "(val loss per budget, fitted converged loss, steps to converge)")
     return parser
 
 def run_report(args: argparse.Namespace) -> int:
@@ -946,14 +1157,17 @@ def run_report(args: argparse.Namespace) -> int:
     if not run_dir.is_dir(): return _usage(f"run folder not found: {run_dir}")
     if not (run_dir / "log.jsonl").is_file() and not any(run_dir.glob("*/log.jsonl")):
         return _usage(f"no runs under {run_dir} (expected */log.jsonl, as `fim-attention ablate` writes)")
+    for d in map(Path, args.budgets):
+        if not d.is_dir() or not any(d.glob("*/log.jsonl")): return _usage(f"--budgets: no runs under {d} (expected */log.jsonl)")
     out = Path(args.out) if args.out else run_dir / "report"
     why = _writable_dir(out)
     if why: return _usage(f"output folder {out}: {why}")
-    try: rep = report(run_dir, out, plots=not args.no_plots)
+    try: rep = report(run_dir, out, plots=not args.no_plots, budgets=args.budgets)
     except (ValueError, KeyError, json.JSONDecodeError) as e:
-        print(f"fim-attention: report failed: cannot read the logs under {run_dir}: {type(e).__name__}: {e}", file=sys.stderr); return 1
+        print(f"fim-attention: report failed for {run_dir}: {type(e).__name__}: {e}", file=sys.stderr); return 1
     n_done = sum(r["finished"] for r in rep["summary"]["runs"].values())
     print(f"{n_done} of {len(rep['summary']['runs'])} runs finished\n")
     print(rep["seed_table"]); print(); print(rep["table"]); print(); print(rep["verdicts"]); print(); print(rep["claims"])
+    if "budgets" in rep: print("\nHow far from convergence (seed 0, each budget its own schedule):\n"); print(rep["budgets"])
     print(f"\nwritten: {rep['out']}")
     return 0

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 # %% auto #0
 __all__ = ['VERBS', 'DEMO', 'DEMO_ABLATION', 'UsageError', 'Verb', 'register', 'load_text', 'writable_dir', 'check_model',
-           'build_parser', 'main']
+           'busy_cpu_note', 'build_parser', 'main']
 
 # %% ../nbs/09_cli.ipynb #4f80faa9
 class UsageError(Exception):
@@ -85,6 +85,7 @@ def _load_model(name:str, device:str):
 
 def _run_atlas(args, text:str, text_label:str, out:Path, title:str) -> int:
     from fim_attention import hf
+    _set_threads(args)
     model, tok, t_load = _load_model(args.model, args.device)
     win = hf.text_windows(text, tok, max_len=args.max_len, n_windows=args.windows or None)
     modes = ("query", "mean") if args.mode == "both" else (args.mode,)
@@ -122,7 +123,29 @@ def _add_atlas_args(p:argparse.ArgumentParser, *, model:str|None, text:str|None,
     p.add_argument("--batch", type=_positive(int), default=batch, metavar="B", help=f"windows per forward pass (default {batch})")
     p.add_argument("--tau", type=_positive(float), default=1.0, help="FIM temperature (default 1)")
     p.add_argument("--device", default="cpu", help="torch device for the model and the engine, e.g. cuda (default cpu)")
+    p.add_argument("--threads", type=_positive(int), default=None, metavar="N",
+                   help="torch CPU threads (default: torch's choice, one per core); 1 when other jobs keep the cores busy")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+def busy_cpu_note(threads:int, # torch threads this process will use
+                  device:str="cpu", # torch device of the work
+                 ) -> str|None:
+    "A warning when other processes already keep the cores busy: torch's threads then wait on each other."
+    if not str(device).startswith("cpu") or threads <= 1: return None
+    try: load = os.getloadavg()[0]
+    except (OSError, AttributeError): return None  # no load average on this platform
+    cores = os.cpu_count() or 1
+    if load < cores - threads + 0.9: return None                  # about one core's worth of other work leaves them waiting
+    return (f"note: the 1-minute load is {load:.1f} on {cores} cores and torch will use {threads} threads: they will wait "
+            "on the other jobs (measured here: an atlas 29x slower next to one busy core); "
+            "pass --threads 1 (or set OMP_NUM_THREADS=1), or run when the machine is quiet")
+
+def _set_threads(args):
+    "Apply --threads, then warn if the cores are already busy."
+    import torch
+    if args.threads: torch.set_num_threads(args.threads)
+    note = busy_cpu_note(torch.get_num_threads(), args.device)
+    if note: print(note, file=sys.stderr, flush=True)
 
 def _analyze(args) -> int:
     check_model(args.model)

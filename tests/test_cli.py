@@ -160,3 +160,39 @@ def test_demo_replaces_an_older_demo_ablation(tmp_path, capsys):
     assert "starting it again" in capsys.readouterr().out
     assert json.loads(man.read_text())["config"]["lr"] == 3e-3
     assert main(args) == 0 and "starting it again" not in capsys.readouterr().out    # same recipe: resumed (runs skipped)
+
+
+def test_busy_cpu_note(monkeypatch):
+    from fim_attention.cli import busy_cpu_note
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("os.getloadavg", lambda: (1.2, 1.0, 1.0))  # one core already busy
+    assert "--threads 1" in busy_cpu_note(2) and "1.2 on 2 cores" in busy_cpu_note(2)
+    assert busy_cpu_note(1) is None and busy_cpu_note(2, "cuda") is None and busy_cpu_note(2, "cuda:0") is None
+    monkeypatch.setattr("os.getloadavg", lambda: (0.2, 0.1, 0.1))
+    assert busy_cpu_note(2) is None
+    monkeypatch.setattr("os.getloadavg", lambda: (0.6, 0.4, 0.3))  # a recently finished job: not worth a warning
+    assert busy_cpu_note(2) is None
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("os.getloadavg", lambda: (4.0, 4.0, 4.0))
+    assert busy_cpu_note(8) is None and "--threads 1" in busy_cpu_note(16)
+
+    def no_loadavg(): raise OSError("no load average")
+    monkeypatch.setattr("os.getloadavg", no_loadavg)
+    assert busy_cpu_note(2) is None
+
+
+@needs_minilm
+def test_analyze_threads_flag_and_busy_note(files, monkeypatch, capsys):
+    import torch
+    before = torch.get_num_threads()
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("os.getloadavg", lambda: (1.5, 1.0, 1.0))
+    try:
+        assert main(["analyze", "--model", "minilm", "--text", "shakespeare:sonnets", "--max-len", "16", "--windows", "1",
+                     "--mode", "query", "--out", str(files / "t2"), "--no-progress", "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2 and "note: the 1-minute load is 1.5" in capsys.readouterr().err
+        assert main(["analyze", "--model", "minilm", "--text", "shakespeare:sonnets", "--max-len", "16", "--windows", "1",
+                     "--mode", "query", "--out", str(files / "t1"), "--no-progress", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1 and "note:" not in capsys.readouterr().err
+        assert main(["analyze", "--model", "minilm", "--text", "shakespeare:sonnets", "--threads", "0"]) == 2
+    finally: torch.set_num_threads(before)
