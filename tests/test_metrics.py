@@ -486,7 +486,7 @@ def test_bench_spectrum_smoke(tmp_path):
 def test_normalize_metrics_stable_under_rounding():
     g = torch.Generator().manual_seed(1)
     p = torch.softmax(torch.randn(128, 64, generator=g, dtype=torch.float64) * 12, -1).float()  # near-one-hot and tiny entries
-    q = p * (1 + torch.finfo(F32).eps * 4 * (torch.rand(p.shape, generator=g) - 0.5))  # 2-ulp noise
+    q = p * (1 + torch.finfo(F32).eps * 4 * (torch.rand(p.shape, generator=g, dtype=F32) - 0.5))  # 2-ulp noise
     a, b = fim_metrics(p, normalize=True), fim_metrics(q, normalize=True)
     for k in METRIC_NAMES:
         assert ((b[k].double() - a[k].double()).abs() / a[k].double().abs()).max() < 2e-6, k
