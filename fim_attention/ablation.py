@@ -625,7 +625,7 @@ def budget_fit(steps, # end-of-schedule budgets in steps, each run with its own 
         gain = lambda m: (model(m) - model(2 * m)) / model(m)  # relative gain of one more doubling
         k = 0
         while gain(top * 2.0 ** k) >= tol and k < 60: k += 1
-        out.update(next_doubling=-gain(top), converged_steps=float(top * 2.0 ** k) if k < 60 else math.inf,
+        out.update(next_doubling=-float(gain(top)), converged_steps=float(top * 2.0 ** k) if k < 60 else math.inf,
                    doublings_left=k, gap_to_limit=float(L[-1] / out["l_inf"] - 1))
     else: out.update(next_doubling=math.nan, converged_steps=math.nan, doublings_left=None, gap_to_limit=math.nan)
     if n.size >= 4:  # what the fit predicts for budgets it has not seen
@@ -730,7 +730,7 @@ def budget_table_markdown(summaries: dict, # {steps: summary}, e.g. from `by_bud
     budgets = list(summaries)
     top = [r for rs in runs.values() for n, r in rs.items() if n == budgets[-1] and r.get("train_s")]
     s_step = float(np.median([r["train_s"] / r["steps"] for r in top])) if top else math.nan
-    many = max(budgets, key=lambda n: max(Counter(r["variant"] for r in summaries[n]["runs"].values() if r["finished"]).values()))
+    many = max(budgets, key=lambda n: max(Counter(r["variant"] for r in summaries[n]["runs"].values() if r["finished"]).values(), default=0))
     sd = {v: seed_stats(list(x.values()))["std"] for v, x in final_values(summaries[many], "val_loss").items()}
     hdr = [f"{n:,}" for n in budgets] + ["last doubling", f"{budgets[-1]:,} predicted vs measured", "L∞ [leave-one-out]",
            f"{budgets[-1]:,} above L∞", f"steps to converge (< {tol:.0%} per doubling)", "time of one such run",

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .spectrum import check_probs, fim_eigvalsh, mean_fim_eigvalsh, one_minus_sum
-from .spectrum import _secular_pairs  # the engine's root finder for one bracket (see lambda_plus_min)
+from .spectrum import _per_sum, _row_c0, _secular_pairs  # engine internals: lambda_plus_min solves one bracket the same way
 
 # %% ../nbs/02_metrics.ipynb #3c98b170
 METRIC_NAMES = ("eigmax", "trace", "energy_r8", "energy_r16", "decay", "cond", "eff_rank")
@@ -153,17 +153,17 @@ def lambda_plus_min(p:Tensor, # (..., T) probabilities
         lo = S.gather(1, (i + 1)[:, None]).squeeze(1)             # i + 1 = r <= m - 1: lo = p_(m) > 0 at least
         lam = hi.clone()                                          # deflation: a tie gives the tied value
         need = (lo < hi).nonzero().squeeze(-1)
-        c0 = S.new_zeros(len(rows)) if normalize else one_minus_sum(P[rows])  # (n,) 1 - sum p, below working precision
+        c0 = _row_c0(P[rows], normalize)                          # (n,) 1 - sum p below working precision, or 0
         groups = [(need, S, c0)]
         if P.dtype != torch.float64:                              # as the engine: tiny gaps run in float64
             tiny = hi[need] < 2.0**-50
-            groups = [(need[~tiny], S, c0), (need[tiny], S.double(), c0.double() if normalize else one_minus_sum(P[rows].double()))]
+            groups = [(need[~tiny], S, c0), (need[tiny], S.double(), _row_c0(P[rows].double(), normalize))]
         chunk = max(1, min(max_bytes // (T * P.element_size() * 8), 2**18 // T))
         for idx, SS, cc0 in groups:
             for s in range(0, idx.numel(), chunk):
                 j = idx[s:s + chunk]
                 lam[j] = _secular_pairs(SS[j], i[j], T, cc0[j])[0].to(lam.dtype)
-        if normalize: lam = (lam.double() / P[rows].sum(-1, dtype=torch.float64)).to(lam.dtype)  # lambda(p/s) = root / s
+        if normalize: lam = _per_sum(lam[:, None], P[rows])[:, 0]  # lambda(p/s) = root / s
         out[rows] = lam
     return (out / tau**2).reshape(p.shape[:-1])
 

@@ -81,6 +81,19 @@ def one_minus_sum(p:Tensor, # (..., T) float32 or float64
         err = err + e.sum(-1)                                                    # the errors are tiny: a plain sum is enough
     return ((1 - x[..., 0]) - err).to(p.dtype)
 
+def _row_c0(P:Tensor, # (..., T) rows
+            exact_sum:bool, # rows read as the distributions p/sum(p) (`normalize=True`)
+           )->Tensor: # (...,) in P's dtype
+    "The $c_0$ the secular equation uses: $1-\\sum_j p_j$ of the given floats, or exactly 0 for a distribution."
+    return P.new_zeros(P.shape[:-1]) if exact_sum else one_minus_sum(P)
+
+def _per_sum(lam:Tensor, # (R, k) roots of the c0-free secular equation
+             P:Tensor, # (R, T) their rows
+            )->Tensor: # (R, k) eigenvalues of F(p/s)
+    "Roots $x$ of $\\sum_j p_j/(p_j-x)=0$ to eigenvalues of $F(p/s)$: divide by the row sum $s$ (in float64)."
+    s = P.sum(-1, dtype=torch.float64)
+    return (lam.double() / torch.where(s > 0, s, 1.0).unsqueeze(-1)).to(lam.dtype)
+
 # %% ../nbs/01_spectrum.ipynb #7a11c0df
 _RHO = 0.5                                                                       # tail entries: p_j <= rho * p_(k+1)
 _WIN = 32                                                                        # eigenvalue-index tile: width of the masked pole window
@@ -370,7 +383,7 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
                  ):
     "Top-k FIM eigenvalues (tau=1) of each row via interlacing brackets, deflation and the secular root finder."
     R, T = P.shape
-    c0 = P.new_zeros(R) if exact_sum else one_minus_sum(P)                       # (R,)
+    c0 = _row_c0(P, exact_sum)                                                   # (R,)
     S = torch.sort(P, dim=-1, descending=True).values                            # (R, T): brackets and the head/tail split
     Sx = torch.cat([S, S.new_zeros(R, 1)], -1)                                   # p_(T+1) := 0: the null root
     hi, lo = Sx[:, :k], Sx[:, 1:k + 1]                                           # interlacing: lo <= lambda_i <= hi
@@ -384,7 +397,7 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
     groups = [(ridx, cidx, S, c0)]
     if P.dtype != torch.float64:                                                 # float32: pairs with a gap below 2^-50 run in
         tiny = hi[ridx, cidx] < 2.0**-50                                         # float64 (c0/x^2 would overflow, subnormals lose digits)
-        groups = [(ridx[~tiny], cidx[~tiny], S, c0), (ridx[tiny], cidx[tiny], S.double(), c0.double() if exact_sum else one_minus_sum(P.double()))]
+        groups = [(ridx[~tiny], cidx[~tiny], S, c0), (ridx[tiny], cidx[tiny], S.double(), _row_c0(P.double(), exact_sum))]
     for rr, cc, SS, cc0 in groups:
         if rr.numel() == 0: continue
         if cpu and use_tail and k > _WIN:                                        # many tiles: far poles above and below by power sums
@@ -425,9 +438,7 @@ def _secular_topk(P:Tensor, # (R, T) float32/float64 rows (validated)
                 l, it = _secular_pairs(Pm, c, Hw, cc0[r], max_iter, tail=tail, w0=w0, ws=flat)
                 lam[r, c] = l.to(lam.dtype); iters[r, c] = it
             s0 += cnt
-    if exact_sum:                                                                # lambda(p/s) = root / s, the sum in float64
-        s = P.sum(-1, dtype=torch.float64)
-        lam = (lam.double() / torch.where(s > 0, s, 1.0).unsqueeze(-1)).to(lam.dtype)
+    if exact_sum: lam = _per_sum(lam, P)                                         # lambda(p/s) = root / s
     return (lam, iters) if return_iters else lam
 
 
