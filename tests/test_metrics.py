@@ -380,6 +380,27 @@ def test_reference_metrics_definition():
     assert torch.isclose(ref["eigmax_mean"], ref["eigmax"].mean())
 
 
+def test_reference_metrics_decay_and_cond_as_published():
+    "decay = eigmax / (|lambda_5| + 1e-8), cond = eigmax / (|lambda_min| + 1e-8) of the dense float32 mean FIM (Nov-2025 code)."
+    T = 32
+    probs = torch.softmax(2 * torch.randn(1, 3, T, T, generator=torch.Generator().manual_seed(3)), -1)
+    ref = reference_metrics(probs, return_eigvals=True)                     # B*T = 32 <= 64: every row used
+    ev = ref["eigvals"]                                                     # (H, T) ascending
+    assert torch.equal(ref["decay"], ev[:, -1] / (ev[:, -5].abs() + 1e-8))
+    assert torch.equal(ref["cond"], ev[:, -1] / (ev[:, 0].abs() + 1e-8))
+    ours = fim_metrics(probs[0], mode="mean")                               # lambda_5 >> 1e-8: the same decay as ours
+    torch.testing.assert_close(ref["decay"], ours["decay"], rtol=1e-4, atol=0)
+    assert reference_metrics(torch.full((1, 2, 4, 4), 0.25))["decay"].isnan().all()   # T < 5: no lambda_5
+
+
+def test_rank_and_lambda_plus_min_live_in_spectrum():
+    "Regression (issue 12): one implementation, in the engine's module, re-exported by metrics; one check_tau."
+    import fim_attention.metrics as M, fim_attention.spectrum as S
+    assert M.support_rank is S.support_rank and M.mean_support_rank is S.mean_support_rank
+    assert M.lambda_plus_min is S.lambda_plus_min and M.check_tau is S.check_tau
+    assert not hasattr(M, "_check_tau") and not hasattr(M, "_secular_pairs")
+
+
 def test_reference_metrics_sampling_is_seeded():
     probs = torch.softmax(torch.randn(2, 2, 40, 40, generator=torch.Generator().manual_seed(1)), -1)
     a = reference_metrics(probs, n_samples=16, generator=torch.Generator().manual_seed(5))

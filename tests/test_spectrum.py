@@ -15,7 +15,14 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 
-from fim_attention.spectrum import (check_probs, fim_eigvalsh, mean_fim_eigvalsh, one_minus_sum, _secular_topk)
+import functools
+
+from fim_attention.spectrum import check_probs, mean_fim_eigvalsh, one_minus_sum, _secular_topk
+from fim_attention.spectrum import fim_eigvalsh as _fim_eigvalsh
+
+# This file certifies the torch path (the readable reference, every device); tests/test_kernel.py holds the compiled
+# CPU kernel, the default for CPU tensors, to it and to the same oracles.
+fim_eigvalsh = functools.partial(_fim_eigvalsh, method="secular")
 from fim_attention.oracle import (scipy_eigvalsh, mpmath_eigvalsh, mpmath_secular_eigvalsh, scipy_mean_fim_eigvalsh)
 from families import FAMILIES, make_family
 
@@ -313,6 +320,19 @@ BAD = [
     (lambda: mean_fim_eigvalsh(torch.full((2, 2), 0.5), method="arpack"), "method"),
     (lambda: mean_fim_eigvalsh(torch.full((2, 2), 0.5), k=5), "k must satisfy"),
 ]
+
+
+@pytest.mark.parametrize("bad", [True, False, 0, -2, math.inf, math.nan, "1", None, 1j])
+def test_check_tau_one_rule(bad):
+    "Regression (issue 12): spectrum and metrics had two tau checks that disagreed on True; a bool is no temperature."
+    from fim_attention.spectrum import check_tau, lambda_plus_min
+    from fim_attention.metrics import fim_metrics
+    p = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    for f in (lambda: check_tau(bad), lambda: fim_eigvalsh(p, tau=bad), lambda: mean_fim_eigvalsh(p[None], tau=bad),
+              lambda: lambda_plus_min(p, tau=bad), lambda: fim_metrics(p, tau=bad)):
+        with pytest.raises(ValueError, match=r"tau must be a finite number > 0, got"):
+            f()
+    assert check_tau(2) == 2.0 and isinstance(check_tau(2), float)
 
 
 @pytest.mark.parametrize("call,match", BAD, ids=[m for _, m in BAD])
