@@ -12,6 +12,7 @@ from .derivation import fim, fim_matvec, fim_trace, lse_potential, score_grad, e
 # %% ../nbs/10_api.ipynb #284a243b
 from .spectrum import check_probs, fim_eigvalsh, mean_fim_eigvalsh
 from .metrics import METRIC_NAMES, fim_metrics, metrics_from_eigvals, reference_metrics, fisher_log_dict, RollingWindow
+from .probe import Probe, Rows, aggregate
 
 # %% ../nbs/10_api.ipynb #c7c0be95
 from .attention import (ATTENTION_VARIANTS, CausalSelfAttention, ReciprocalAttention, MLAttention,
@@ -23,3 +24,11 @@ from .training import TrainConfig, train, Trainer, Callback, FisherMetricsCallba
 # %% ../nbs/10_api.ipynb #cbe8edb8
 from .ablation import AblationConfig, run_ablation, summarize, report
 from .hf import load_pretrained, attention_probs, text_windows, atlas, Atlas
+
+# %% ../nbs/10_api.ipynb #e435ccb0
+def __getattr__(name:str):
+    "`attach`, `FisherTrainerCallback`: imported from `fim_attention.hf_probe` (transformers) when first used."
+    if name in ("attach", "FisherTrainerCallback"):
+        from fim_attention import hf_probe
+        return getattr(hf_probe, name)
+    raise AttributeError(f"module 'fim_attention' has no attribute {name!r}")

@@ -195,14 +195,14 @@ def test_atlas_matches_direct_metrics_and_csv_schema(minilm, tmp_path):
     for l, h in [(0, 0), (3, 7), (5, 11)]:
         p = probs[l][:, h]                                          # (B, T, T)
         tr = (p * (1 - p)).sum(-1)                                  # trace by hand: sum p(1-p)
-        torch.testing.assert_close(a.per_head("query")["trace"][l, h], tr[valid].mean(), rtol=1e-5, atol=0)
-        mean_tr = torch.stack([tr[b][valid[b]].mean() for b in range(N)]).mean()
+        torch.testing.assert_close(a.per_head("query")["trace"][l, h], tr[valid].double().mean(), rtol=1e-5, atol=0)
+        mean_tr = torch.stack([tr[b][valid[b]].double().mean() for b in range(N)]).mean()
         torch.testing.assert_close(a.per_head("mean")["trace"][l, h], mean_tr, rtol=1e-5, atol=0)
         q = fim_metrics(p, valid=valid, normalize=True)             # the atlas reads rows as distributions
-        torch.testing.assert_close(a.per_head("query")["eigmax"][l, h], q["eigmax"][valid].mean(), rtol=1e-5, atol=0)
-        torch.testing.assert_close(a.per_head("query")["cond"][l, h], q["cond"][valid].nanmedian(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(a.per_head("query")["eigmax"][l, h], q["eigmax"][valid].double().mean(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(a.per_head("query")["cond"][l, h], q["cond"][valid].double().nanmedian(), rtol=1e-5, atol=0)
         mm = fim_metrics(p, mode="mean", valid=valid, normalize=True)  # (B,)
-        torch.testing.assert_close(a.per_head("mean")["eff_rank"][l, h], mm["eff_rank"].mean(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(a.per_head("mean")["eff_rank"][l, h], mm["eff_rank"].double().mean(), rtol=1e-5, atol=0)
     paths = a.save(tmp_path)
     rows = list(csv.DictReader(open(paths["csv"])))
     assert list(rows[0]) == CSV_COLUMNS and len(rows) == L * H * 2
