@@ -21,18 +21,18 @@ from .attention import (ATTENTION_VARIANTS, RA_PATTERNS, KVCache, check_attentio
 @dataclass
 class GPTConfig:
     "Configuration of a GPT-2-style decoder with a selectable attention variant."
-    vocab_size:int = 256  # byte-level tokens
-    block_size:int = 128  # context length (learned absolute positions)
-    n_layer:int = 4
-    n_head:int = 4
-    n_embd:int = 128
-    dropout:float = 0.0
-    bias:bool = True  # biases in linears and LayerNorms, as GPT-2
-    attn:str = "standard"  # one of ATTENTION_VARIANTS: standard ra mla mla_kvsplice ra_mla ra_mla_kvsplice
-    ra_pattern:str = "alternate"  # RA variants: which layers are reversed (none alternate late early all)
+    vocab_size:int = 256  # vocabulary size (256: one token per byte)
+    block_size:int = 128  # context length in tokens (learned absolute positions)
+    n_layer:int = 4  # transformer blocks
+    n_head:int = 4  # attention heads per block
+    n_embd:int = 128  # width of the residual stream (a multiple of n_head)
+    dropout:float = 0.0  # dropout probability of the embeddings, attention weights and residual branches
+    bias:bool = True  # biases in the linear layers and LayerNorms, as in GPT-2
+    attn:str = "standard"  # attention variant: standard, ra, mla, mla_kvsplice, ra_mla or ra_mla_kvsplice
+    ra_pattern:str = "alternate"  # RA variants: which layers are reversed (none, alternate, late, early or all)
     d_latent:int|None = None  # MLA latent width; None: n_embd // 2
-    d_compressed:int|None = None  # KVSplice code width; None: latent_dim // 2
-    kvsplice_recon_weight:float = 0.0  # weight of KVSplice's latent reconstruction loss (0: off)
+    d_compressed:int|None = None  # KVSplice code width; None: half the latent width
+    kvsplice_recon_weight:float = 0.0  # weight of KVSplice's latent reconstruction loss; 0: off
 
     def __post_init__(self):
         check_variant(self.attn)

@@ -10,8 +10,8 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
-import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -21,56 +21,61 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from fastcore.basics import patch
 from torch import Tensor, nn
 
 from .data import BatchSampler, Corpus, fixed_windows, load_corpus, mix_seed
-from .metrics import RollingWindow, fim_metrics, finite_mean, fisher_log_dict, reduce_metrics, reference_metrics
+from .metrics import RollingWindow, finite_mean, fisher_log_dict
 from .model import GPT, GPTConfig
+from .probe import MODES, Probe, Rows
 
 # %% auto #0
 __all__ = ['RUNTIME_FIELDS', 'CKPT_FORMAT', 'FIM_MODES', 'TrainConfig', 'config_diff', 'lr_at', 'RunLogger', 'read_log',
            'CheckpointError', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'Callback',
-           'FisherMetricsCallback', 'Trainer', 'train', 'config_from_args', 'train_main']
+           'FisherMetricsCallback', 'RunExistsError', 'Trainer', 'train']
 
 # %% ../nbs/06_training.ipynb #19746250
+def _resume_target(r) -> bool | str | None:
+    "`resume` read as None (a fresh run), True (`out_dir/ckpt.pt` if present) or a checkpoint path."
+    if r is False or r is None or (isinstance(r, str) and r.lower() in ("", "false", "no", "0")): return None
+    if r is True or (isinstance(r, str) and r.lower() in ("true", "yes", "1")): return True
+    return str(r)
+
 @dataclass
 class TrainConfig:
-    "Everything a training run depends on (model, data, optimiser, schedule, logging, callback)."
-    model: GPTConfig = field(default_factory=GPTConfig)
-    # data
-    data: str | None = None  # None: the embedded Shakespeare; else a UTF-8 file or folder
-    val_fraction: float = 0.1  # share of bytes held out, whole documents
-    split_seed: int = 0
-    # optimisation
-    max_steps: int = 2000
-    batch_size: int = 32  # global sequences per optimiser step
-    grad_accum_steps: int = 1  # micro-steps per optimiser step (per rank)
-    lr: float = 1e-3
-    min_lr: float = 1e-4  # floor of the cosine
-    warmup_steps: int = 100
-    weight_decay: float = 0.1  # on matrices only (not on biases, norms, embeddings of size 1)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    dtype: str = "float32"  # "bfloat16": autocast on CUDA
-    seed: int = 0
-    # evaluation, logging, checkpoints
-    eval_interval: int = 250
+    "Everything a training run depends on: model, data, optimiser and schedule, evaluation, logging, the Fisher callback."
+    model: GPTConfig = field(default_factory=GPTConfig)  # the GPT to train (notebook 05); its fields are options of their own
+    data: str | None = None  # training text: a UTF-8 file or a folder of them; None: the embedded Shakespeare
+    val_fraction: float = 0.1  # share of the bytes held out for validation, as whole documents
+    split_seed: int = 0  # seed of the split of documents into training and validation
+    max_steps: int = 2000  # optimiser steps to train for
+    batch_size: int = 32  # sequences per optimiser step, over all ranks and micro-steps together
+    grad_accum_steps: int = 1  # micro-steps per optimiser step on each rank (gradient accumulation)
+    lr: float = 1e-3  # peak learning rate, reached at the end of the warm-up
+    min_lr: float = 1e-4  # learning rate at the end of the cosine decay (step max_steps)
+    warmup_steps: int = 100  # steps of linear warm-up to lr
+    weight_decay: float = 0.1  # AdamW weight decay of weight matrices and embeddings (biases and norm gains: none)
+    beta1: float = 0.9  # AdamW decay rate of the first moment
+    beta2: float = 0.95  # AdamW decay rate of the second moment
+    grad_clip: float = 1.0  # clip the global gradient norm to this; 0: no clipping
+    dtype: str = "float32"  # float32, or bfloat16 (autocast; meant for CUDA)
+    seed: int = 0  # seed of the initial weights, the batches and dropout
+    eval_interval: int = 250  # evaluate the validation loss every this many steps (and at the start and end); 0: start and end only
     eval_windows: int = 128  # fixed validation windows per evaluation
-    log_interval: int = 10
-    ckpt_interval: int = 500  # 0: only at the end and on SIGINT/SIGTERM
-    out_dir: str = "runs/train"
-    resume: bool | str = False  # True: out_dir/ckpt.pt if present; or a checkpoint path
-    tensorboard: bool | None = None  # None: when the tensorboard package is installed
-    progress: bool = True  # tqdm bar on rank 0
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    # FisherMetricsCallback (fim_interval = 0 turns it off)
-    fim_interval: int = 200  # default cadence: <= 2% of training time on the default model (benchmarks/bench_callback.py)
-    fim_batch_size: int = 2  # held-out validation sequences measured each time (every row of each)
-    fim_rows: int = 64  # rows per head for the mean FIM (the reference definition)
-    fim_window: int = 100  # rolling window of measurements
-    fim_tau: float = 1.0
-    fim_seed: int = 1234
+    log_interval: int = 10  # log the training loss every this many steps (and at the last step)
+    ckpt_interval: int = 500  # checkpoint every this many steps; 0: only at the end and on SIGINT/SIGTERM
+    out_dir: str = "runs/train"  # run folder: log.jsonl, ckpt.pt and tb/ (TensorBoard)
+    resume: bool | str = False  # continue the run in out_dir from its checkpoint (True), or from this checkpoint file
+    overwrite: bool = False  # replace the run out_dir holds (its log.jsonl, ckpt.pt and tb/) instead of refusing to start
+    tensorboard: bool | None = None  # write TensorBoard events to out_dir/tb; None: when tensorboard is installed
+    progress: bool = True  # show a progress bar (rank 0 only)
+    device: str = "auto"  # auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ...
+    fim_interval: int = 200  # measure the FIM metrics every this many steps (and at the start and end); 0: off
+    fim_batch_size: int = 2  # held-out validation sequences in the callback's fixed batch
+    fim_rows: int = 64  # rows sampled per head for the mean-FIM and reference definitions
+    fim_window: int = 100  # measurements in the rolling means (the keys ending in _last{fim_window})
+    fim_tau: float = 1.0  # softmax temperature tau of the FIM (1/tau^2)(diag p - p p^T)
+    fim_seed: int = 1234  # seed of the callback's own generator (row sampling); the training RNG is never touched
 
     def __post_init__(self):
         if isinstance(self.model, dict): self.model = GPTConfig(**self.model)
@@ -80,11 +85,15 @@ class TrainConfig:
             if getattr(self, k) < 0: raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
         if not 0 <= self.min_lr <= self.lr: raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.dtype not in ("float32", "bfloat16"): raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if not isinstance(self.overwrite, bool): raise ValueError(f"overwrite must be True or False, got {self.overwrite!r}")
+        if self.overwrite and _resume_target(self.resume) is not None:  # one continues the run in out_dir, the other deletes it
+            raise ValueError(f"resume={self.resume!r} and overwrite=True exclude each other: resume continues the run "
+                             f"in out_dir, overwrite deletes it")
 
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 
 # %% ../nbs/06_training.ipynb #4097f2fc
-RUNTIME_FIELDS = frozenset({"out_dir", "resume", "tensorboard", "progress", "device", "log_interval",
+RUNTIME_FIELDS = frozenset({"out_dir", "resume", "overwrite", "tensorboard", "progress", "device", "log_interval",
                             "eval_interval", "eval_windows", "ckpt_interval", "fim_interval", "fim_batch_size",
                             "fim_rows", "fim_window", "fim_tau", "fim_seed"})
 
@@ -234,21 +243,16 @@ class Callback:
     def load_state_dict(self, sd: dict): pass
 
 # %% ../nbs/06_training.ipynb #576745ac
-FIM_MODES = ("query", "mean", "reference")
-
-def _group_means(per_head: dict[str, Tensor], layers: list[int], prefix: str, name: str) -> dict[str, float]:
-    "Finite-aware mean over the heads of a group of layers (e.g. the reversed ones)."
-    if not layers: return {}
-    return {f"{prefix}/{name}/{m}_mean": float(finite_mean(t[layers].double())) for m, t in per_head.items()}
+FIM_MODES = MODES  # the probe's definitions: ("query", "mean", "reference")
 
 class FisherMetricsCallback(Callback):
-    "FIM metrics of every layer and head on a fixed batch of real validation text, every `interval` steps."
-    def __init__(self, interval: int = 200, # measure every this many optimiser steps (and at the end)
+    "FIM metrics of every layer and head on a fixed batch of real validation text, every `interval` steps, through a `Probe`."
+    def __init__(self, interval: int = 200, # measure every this many optimiser steps (and at the start and end)
                  batch_size: int = 2, # held-out sequences in the fixed batch
-                 n_rows: int = 64, # rows sampled per head for the mean FIM
+                 n_rows: int = 64, # rows sampled per head for the mean FIM and the reference definition
                  window: int = 100, # rolling window of measurements
                  tau: float = 1.0, # softmax temperature of the FIM, (1/tau^2)(diag p - p p^T)
-                 seed: int = 1234, # the callback's own generator (row sampling)
+                 seed: int = 1234, # the probe's own generator (row sampling)
                  ranks: tuple[int, ...] = (8, 16), # energy_r{k} keys
                  modes: tuple[str, ...] = ("query", "mean", "reference")): # definitions to log (see above)
         if interval < 1: raise ValueError(f"interval must be >= 1, got {interval}")
@@ -256,80 +260,77 @@ class FisherMetricsCallback(Callback):
         if bad or not modes: raise ValueError(f"modes must be a non-empty subset of {FIM_MODES}, got {modes}")
         self.interval, self.batch_size, self.n_rows, self.tau, self.seed = interval, batch_size, n_rows, tau, seed
         self.ranks, self.modes = tuple(ranks), tuple(modes)
+        self.probe = Probe(self.modes, rows={"query": Rows.all(), "mean": Rows.sample(n_rows), "reference": Rows.sample(n_rows)},
+                           ranks=self.ranks, tau=tau, normalize=True, group="batch", seed=seed)
         self.window, self.batch, self.last_step = RollingWindow(window), None, -1
 
     def set_batch(self, val_tokens: Tensor, block_size: int):
         "Fix the held-out batch: `batch_size` evenly spaced windows of the validation stream, `(B, T)`."
         self.batch = fixed_windows(val_tokens, block_size, self.batch_size, offset=0.5)[:, :-1]
 
-    @torch.no_grad()
-    def per_head(self, model: nn.Module, step: int = 0) -> dict[str, dict[str, Tensor]]:
-        "`{mode: {metric: (L, H) tensor}}` on the fixed batch; eval mode and no_grad, the model's mode restored."
-        if self.batch is None: raise RuntimeError("no held-out batch: call set_batch(val_tokens, block_size) first")
-        dev = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        try: _, _, probs = model(self.batch.to(dev), capture=True)  # L x (B, H, T, T)
-        finally: model.train(was_training)
-        out = {m: {} for m in self.modes}
-        seed = mix_seed(self.seed, step)
-        for l in range(len(probs)):
-            p = probs[l].float(); probs[l] = None  # free layer by layer
-            B, H, T, _ = p.shape
-            if "query" in self.modes:  # every causal row: (B, H, T) values -> (H,)
-                m = reduce_metrics(fim_metrics(p, self.tau, mode="query", ranks=self.ranks, normalize=True), dim=(0, -1))
-                for k, v in m.items(): out["query"].setdefault(k, []).append(v)
-            if "mean" in self.modes:
-                n = min(self.n_rows, B * T)
-                rows = p.transpose(0, 1).reshape(H, B * T, T)  # (H, B*T, T) every row of every sequence, per head
-                g = torch.Generator(device=dev).manual_seed(seed + l)
-                pick = torch.rand(H, B * T, device=dev, generator=g).argsort(-1)[:, :n]  # (H, n) without replacement
-                sampled = rows.gather(1, pick[..., None].expand(H, n, T))  # (H, n, T)
-                for k, v in fim_metrics(sampled, self.tau, mode="mean", ranks=self.ranks, normalize=True).items():  # (H,)
-                    out["mean"].setdefault(k, []).append(v)
-            if "reference" in self.modes:  # same generator seed: the same rows as "mean"
-                g = torch.Generator(device=dev).manual_seed(seed + l)
-                ref = reference_metrics(p, self.n_rows, generator=g, ranks=self.ranks)
-                for k, v in ref.items():  # per-head values only (the layer means are computed below)
-                    if v.ndim == 1: out["reference"].setdefault(k, []).append(v)
-        return {m: {k: torch.stack(v).cpu() for k, v in d.items()} for m, d in out.items()}
+# %% ../nbs/06_training.ipynb #6b7e186e
+@patch
+def per_head(self: FisherMetricsCallback, model: nn.Module, step: int = 0) -> dict[str, dict[str, Tensor]]:
+    "`{mode: {metric: (L, H) float64}}` on the fixed batch, by `Probe.measure` (eval mode, no_grad, the model's mode restored)."
+    if self.batch is None: raise RuntimeError("no held-out batch: call set_batch(val_tokens, block_size) first")
+    return self.probe.measure(model, self.batch.to(next(model.parameters()).device), step=step)
 
-    def measure(self, model: nn.Module, step: int = 0) -> dict[str, float]:
-        "Flat log dict (per head, layer mean/std, global mean, RA groups, rolling means) of one measurement."
-        ph, rev = self.per_head(model, step), list(getattr(model, "reversed_layers", []))
-        log = {}
-        for mode, prefix in (("query", "fisher"), ("mean", "fisher_meanfim"), ("reference", "fisher_reference")):
-            if mode not in ph: continue
-            log.update(fisher_log_dict(ph[mode], prefix=prefix))
-            if rev:
-                L = next(iter(ph[mode].values())).shape[0]
-                log.update(_group_means(ph[mode], rev, prefix, "reversed_layers"))
-                log.update(_group_means(ph[mode], [l for l in range(L) if l not in rev], prefix, "standard_layers"))
-        self.window.update(log)
-        log.update(self.window.mean())
-        self.last_step = step
-        return log
+def _group_means(per_head: dict[str, Tensor], layers: list[int], prefix: str, name: str) -> dict[str, float]:
+    "Finite mean over the heads of a group of layers (e.g. the reversed ones), as `fisher_log_dict`'s layer means."
+    if not layers: return {}
+    return {f"{prefix}/{name}/{m}_mean": float(finite_mean(t[layers].double())) for m, t in per_head.items()}
 
-    def _record(self, trainer: "Trainer"):
-        if trainer.rank != 0: return  # rank 0 only; no collective here, the others run on
-        t0 = time.perf_counter()
-        log = self.measure(trainer.raw_model, trainer.step)
-        trainer.logger.log("fisher", trainer.step, reversed_layers=list(getattr(trainer.raw_model, "reversed_layers", [])),
-                           fim_seconds=time.perf_counter() - t0, **log)
-        trainer.last_fisher = log
+_PREFIXES = {"query": "fisher", "mean": "fisher_meanfim", "reference": "fisher_reference"}
 
-    def on_train_begin(self, trainer):
-        if self.batch is None: self.set_batch(trainer.corpus.val, trainer.cfg.model.block_size)
-        if trainer.step == 0: self._record(trainer)
-    def on_step_end(self, trainer):
-        if trainer.step % self.interval == 0: self._record(trainer)
-    def on_train_end(self, trainer):
-        if self.last_step != trainer.step: self._record(trainer)
-    def state_dict(self): return {"window": self.window.state_dict(), "last_step": self.last_step}
-    def load_state_dict(self, sd):
-        self.window.load_state_dict(sd["window"]); self.last_step = int(sd["last_step"])
+@patch
+def measure(self: FisherMetricsCallback, model: nn.Module, step: int = 0) -> dict[str, float]:
+    "Flat log dict (per head, layer mean/std, global mean, RA groups, rolling means) of one measurement."
+    ph, rev = self.per_head(model, step), list(getattr(model, "reversed_layers", []))
+    log = {}
+    for mode in self.modes:
+        prefix = _PREFIXES[mode]
+        log.update(fisher_log_dict(ph[mode], prefix=prefix))
+        if rev:
+            L = next(iter(ph[mode].values())).shape[0]
+            log.update(_group_means(ph[mode], rev, prefix, "reversed_layers"))
+            log.update(_group_means(ph[mode], [l for l in range(L) if l not in rev], prefix, "standard_layers"))
+    self.window.update(log)
+    log.update(self.window.mean())
+    self.last_step = step
+    return log
 
+@patch
+def counts(self: FisherMetricsCallback) -> dict:
+    "`{prefix: {metric: {\"inf\": [per layer], \"nan\": [per layer]}}}`: row values of the last measurement that were +inf / NaN."
+    return {_PREFIXES[m]: {k: {w: c[w].sum(1).tolist() for w in ("inf", "nan")} for k, c in self.probe.counts(m).items()}
+            for m in self.modes}
 
+# %% ../nbs/06_training.ipynb #19af10ec
+@patch
+def _record(self: FisherMetricsCallback, trainer: "Trainer"):
+    "Measure and log one `fisher` record (rank 0 only; no collective, the other ranks run on)."
+    if trainer.rank != 0: return
+    t0 = time.perf_counter()
+    log = self.measure(trainer.raw_model, trainer.step)
+    trainer.logger.log("fisher", trainer.step, reversed_layers=list(getattr(trainer.raw_model, "reversed_layers", [])),
+                       fim_seconds=time.perf_counter() - t0, counts=self.counts(), **log)
+    trainer.last_fisher = log
+
+@patch
+def on_train_begin(self: FisherMetricsCallback, trainer):
+    if self.batch is None: self.set_batch(trainer.corpus.val, trainer.cfg.model.block_size)
+    if trainer.step == 0: self._record(trainer)
+@patch
+def on_step_end(self: FisherMetricsCallback, trainer):
+    if trainer.step % self.interval == 0: self._record(trainer)
+@patch
+def on_train_end(self: FisherMetricsCallback, trainer):
+    if self.last_step != trainer.step: self._record(trainer)
+@patch
+def state_dict(self: FisherMetricsCallback): return {"window": self.window.state_dict(), "last_step": self.last_step}
+@patch
+def load_state_dict(self: FisherMetricsCallback, sd):
+    self.window.load_state_dict(sd["window"]); self.last_step = int(sd["last_step"])
 
 # %% ../nbs/06_training.ipynb #d24f3d48
 def _init_distributed(device: str) -> tuple[int, int, int, bool]:
@@ -344,14 +345,44 @@ def _init_distributed(device: str) -> tuple[int, int, int, bool]:
     return dist.get_rank(), dist.get_world_size(), local, True
 
 def _pick_device(device: str, world: int, local_rank: int) -> torch.device:
+    "The device of this rank: `auto` is CUDA when available; plain `cuda` under DDP is `cuda:{local_rank}`."
     if device == "auto": device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and world > 1: device = f"cuda:{local_rank}"
     return torch.device(device)
 
+# %% ../nbs/06_training.ipynb #4c5bfe7b
+class RunExistsError(FileExistsError):
+    "`out_dir` already holds a run and the config asks neither to `resume` nor to `overwrite` it."
+    def __init__(self, out_dir, # the run folder
+                 found: list[str]): # what of a run it holds: log.jsonl, ckpt.pt, tb/
+        self.out_dir, self.found = str(out_dir), list(found)
+        super().__init__(f"{out_dir} already holds a run ({', '.join(self.found)}): pass resume=True (--resume) "
+                         f"to continue it, or overwrite=True (--overwrite) to delete it and start again")
+
+_RUN_FILES = ("log.jsonl", "ckpt.pt", "tb")
+
+def _run_files(out_dir) -> list[str]:
+    "What of a previous run `out_dir` holds: a non-empty `log.jsonl`, a `ckpt.pt`, TensorBoard events under `tb/`."
+    d, found = Path(out_dir), []
+    if (d / "log.jsonl").is_file() and (d / "log.jsonl").stat().st_size > 0: found.append("log.jsonl")
+    if (d / "ckpt.pt").exists(): found.append("ckpt.pt")
+    if (d / "tb").is_dir() and any(p.name.startswith("events.out.tfevents") for p in (d / "tb").rglob("*")): found.append("tb/")
+    return found
+
+def _clear_run(out_dir) -> list[str]:
+    "Delete a previous run's `log.jsonl`, `ckpt.pt` and `tb/` (nothing else in `out_dir`); returns what it removed."
+    d, gone = Path(out_dir), []
+    for name in _RUN_FILES:
+        p = d / name
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p); gone.append(name + "/")
+        elif p.exists() or p.is_symlink(): p.unlink(); gone.append(name)
+    return gone
+
 # %% ../nbs/06_training.ipynb #46556104
 class Trainer:
-    "One training run: built and validated from a `TrainConfig`, run by `fit()`."
-    def __init__(self, cfg: TrainConfig, callbacks: list[Callback] | None = None,
+    "One training run: built and validated from a `TrainConfig` (nothing is written before every check passed), run by `fit()`."
+    def __init__(self, cfg: TrainConfig, # the whole run
+                 callbacks: list[Callback] | None = None, # extra callbacks (the Fisher callback is added when cfg.fim_interval > 0)
                  corpus: Corpus | None = None): # a preloaded corpus (else read from cfg.data)
         self.cfg = cfg
         self.rank, self.world_size, self.local_rank, self._own_group = _init_distributed(cfg.device)
@@ -360,291 +391,336 @@ class Trainer:
             if self._own_group: dist.destroy_process_group()
             raise
 
-    def _build(self, cfg, callbacks, corpus):
-        self.device = _pick_device(cfg.device, self.world_size, self.local_rank)
-        self.ddp = self.world_size > 1
-        T, W = cfg.model.block_size, self.world_size
-        if cfg.batch_size % (W * cfg.grad_accum_steps):
-            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by world_size x grad_accum_steps = "
-                             f"{W} x {cfg.grad_accum_steps}")
-        if cfg.lr <= 0: raise ValueError(f"lr must be > 0, got {cfg.lr}")
-        self.corpus = corpus if corpus is not None else load_corpus(cfg.data, cfg.val_fraction, cfg.split_seed, block_size=T)
-        for split, toks in (("train", self.corpus.train), ("validation", self.corpus.val)):
-            if len(toks) < T + 1:
-                raise ValueError(f"the {split} split has {len(toks)} tokens, fewer than one context (block_size + 1 = {T + 1})")
-        random.seed(cfg.seed); np.random.seed(cfg.seed % 2**32); torch.manual_seed(cfg.seed)
-        self.raw_model = GPT(cfg.model).to(self.device)
-        if self.rank > 0: torch.manual_seed(mix_seed(cfg.seed, self.rank))
-        decay = [p for p in self.raw_model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.raw_model.parameters() if p.requires_grad and p.dim() < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_at(s, cfg) / cfg.lr)
-        self.sampler = BatchSampler(self.corpus.train, T, cfg.batch_size, seed=cfg.seed, rank=self.rank, world_size=W)
-        self.eval_x = fixed_windows(self.corpus.val, T, cfg.eval_windows)[self.rank::W]  # (n/W, T+1) this rank's share
-        self.callbacks = list(callbacks or [])
-        if cfg.fim_interval > 0 and not any(isinstance(c, FisherMetricsCallback) for c in self.callbacks):
-            self.callbacks.append(FisherMetricsCallback(cfg.fim_interval, cfg.fim_batch_size, cfg.fim_rows,
-                                                        cfg.fim_window, cfg.fim_tau, cfg.fim_seed))
-        self.step, self.elapsed, self.train_time, self.should_stop, self.last_fisher = 0, 0.0, 0.0, False, {}
-        self.last = {}  # latest logged values
-        self.ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
-        ckpt = self._load_resume()  # validated before anything is written
-        self.logger = RunLogger(cfg.out_dir, enabled=self.rank == 0, tensorboard=cfg.tensorboard,
-                                resume_offset=ckpt["log_offset"] if ckpt else None,
-                                purge_step=self.step + 1 if ckpt else None)
-        self.model = self.raw_model
-        if self.ddp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            self.model = DDP(self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+# %% ../nbs/06_training.ipynb #d631ecf3
+@patch
+def _build(self: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None, corpus: Corpus | None):
+    "Validate the config, the run folder and the data, then build the run; the first write comes last."
+    self.device = _pick_device(cfg.device, self.world_size, self.local_rank)
+    self.ddp = self.world_size > 1
+    if cfg.batch_size % (self.world_size * cfg.grad_accum_steps):
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by world_size x grad_accum_steps = "
+                         f"{self.world_size} x {cfg.grad_accum_steps}")
+    if cfg.lr <= 0: raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    self.ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
+    found = self._check_out_dir()  # RunExistsError unless resume / overwrite
+    self._load_data(corpus)
+    self._build_model()
+    self.callbacks = list(callbacks or [])
+    if cfg.fim_interval > 0 and not any(isinstance(c, FisherMetricsCallback) for c in self.callbacks):
+        self.callbacks.append(FisherMetricsCallback(cfg.fim_interval, cfg.fim_batch_size, cfg.fim_rows,
+                                                    cfg.fim_window, cfg.fim_tau, cfg.fim_seed))
+    self.step, self.elapsed, self.train_time, self.should_stop, self.last_fisher = 0, 0.0, 0.0, False, {}
+    self.last, self.interrupted = {}, None  # latest logged values; the signal that stopped the run
+    ckpt = self._load_resume()  # validated before anything is written
+    # a run to replace (overwrite, or resume=True without a checkpoint): its log, checkpoint and TensorBoard go
+    self.replaced = _clear_run(cfg.out_dir) if self.rank == 0 and found and ckpt is None else []
+    self.logger = RunLogger(cfg.out_dir, enabled=self.rank == 0, tensorboard=cfg.tensorboard,
+                            resume_offset=ckpt["log_offset"] if ckpt else None,
+                            purge_step=self.step + 1 if ckpt else None)
+    self.model = self.raw_model
+    if self.ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        self.model = DDP(self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-    def _load_resume(self) -> dict | None:
-        r = self.cfg.resume
-        if r is False or r is None or (isinstance(r, str) and r.lower() in ("", "false", "no", "0")): return None
-        if r is True or (isinstance(r, str) and r.lower() in ("true", "yes", "1")):
-            if not self.ckpt_path.exists(): return None  # nothing to resume: a fresh run
-            path = self.ckpt_path
-        else: path = Path(r)
-        st = load_checkpoint(path)
-        diff = config_diff(st["config"], self.cfg)
-        if diff: raise CheckpointError(f"checkpoint {path} was written by another configuration:\n  " + "\n  ".join(diff))
-        if st["data_fingerprint"] != self.corpus.fingerprint:
-            raise CheckpointError(f"checkpoint {path} was trained on other data (fingerprint {st['data_fingerprint']} "
-                                  f"!= {self.corpus.fingerprint})")
-        try:
-            self.raw_model.load_state_dict(st["model"])
-            self.opt.load_state_dict(st["optimizer"]); self.sched.load_state_dict(st["scheduler"])
-            self.sampler.load_state_dict(st["sampler"])
-            mine = self._callback_keys()
-            for k, sd in st["callbacks"].items():  # callbacks of the saved run that this run lacks are ignored
-                if k in mine: mine[k].load_state_dict(sd)
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {path} does not fit this run: {e}") from None
-        rngs = st["rng"]
-        if len(rngs) == self.world_size: set_rng_state(rngs[self.rank])
-        else:  # other world size: the data stream is the same global batch; re-seed dropout per rank
-            set_rng_state(rngs[0])
-            torch.manual_seed(mix_seed(self.cfg.seed, st["step"], self.rank))
-        self.step, self.elapsed, self.train_time = int(st["step"]), float(st["elapsed"]), float(st["train_time"])
-        self.last = dict(st["last"])
-        return st
+# %% ../nbs/06_training.ipynb #0e4f2739
+@patch
+def _load_data(self: Trainer, corpus: Corpus | None):
+    "The corpus and this rank's fixed evaluation windows; each split must hold at least one context."
+    cfg, T = self.cfg, self.cfg.model.block_size
+    self.corpus = corpus if corpus is not None else load_corpus(cfg.data, cfg.val_fraction, cfg.split_seed, block_size=T)
+    for split, toks in (("train", self.corpus.train), ("validation", self.corpus.val)):
+        if len(toks) < T + 1:
+            raise ValueError(f"the {split} split has {len(toks)} tokens, fewer than one context (block_size + 1 = {T + 1})")
+    self.eval_x = fixed_windows(self.corpus.val, T, cfg.eval_windows)[self.rank::self.world_size]  # (n/W, T+1) this rank's share
 
-    # -- checkpoints ------------------------------------------------------------------------
-    def _callback_keys(self) -> dict:
-        "Callbacks by class name (`Name`, `Name_1`, ... for repeats), so states survive adding or removing others."
-        out, seen = {}, {}
-        for c in self.callbacks:
-            n = type(c).__name__; k = seen.get(n, 0); seen[n] = k + 1
-            out[n if k == 0 else f"{n}_{k}"] = c
-        return out
+# %% ../nbs/06_training.ipynb #02155327
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    "AdamW parameter groups: weight decay on matrices and embeddings (dim >= 2), none on biases and norm gains."
+    ps = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0}]
 
-    def state_dict(self) -> dict:
-        "Everything needed to continue this run exactly (collective under DDP: call on every rank)."
-        rngs = [rng_state()]
-        if self.ddp:
-            rngs = [None] * self.world_size
-            dist.all_gather_object(rngs, rng_state())
-        return {"format": CKPT_FORMAT, "step": self.step, "config": self.cfg.to_dict(),
-                "data_fingerprint": self.corpus.fingerprint, "world_size": self.world_size,
-                "model": self.raw_model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "sampler": self.sampler.state_dict(), "rng": rngs,
-                "callbacks": {k: c.state_dict() for k, c in self._callback_keys().items()},
-                "log_offset": self.logger.offset(), "elapsed": self.elapsed, "train_time": self.train_time,
-                "last": {k: v for k, v in self.last.items() if isinstance(v, (int, float))}}
+@patch
+def _build_model(self: Trainer):
+    "Seed, build the GPT on the device, AdamW, the warm-up + cosine schedule and the batch sampler."
+    cfg = self.cfg
+    random.seed(cfg.seed); np.random.seed(cfg.seed % 2**32); torch.manual_seed(cfg.seed)
+    self.raw_model = GPT(cfg.model).to(self.device)
+    if self.rank > 0: torch.manual_seed(mix_seed(cfg.seed, self.rank))  # dropout masks differ between ranks
+    self.opt = torch.optim.AdamW(_param_groups(self.raw_model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_at(s, cfg) / cfg.lr)
+    self.sampler = BatchSampler(self.corpus.train, cfg.model.block_size, cfg.batch_size, seed=cfg.seed,
+                                rank=self.rank, world_size=self.world_size)
 
-    def save(self):
-        "Write `out_dir/ckpt.pt` atomically (rank 0) and log it."
-        st = self.state_dict()
-        if self.rank == 0:
-            self.logger.flush()
-            save_checkpoint(st, self.ckpt_path)
-            self.logger.log("checkpoint", self.step, path=str(self.ckpt_path))
+# %% ../nbs/06_training.ipynb #c93f181b
+@patch
+def _check_out_dir(self: Trainer) -> list[str]:
+    "What of a previous run `out_dir` holds (rank 0 looks, every rank gets the verdict); `RunExistsError` unless `resume` or `overwrite`."
+    found = _run_files(self.cfg.out_dir) if self.rank == 0 else []
+    refuse = bool(found) and not self.cfg.overwrite and _resume_target(self.cfg.resume) is None
+    if self.ddp:
+        t = torch.tensor([int(refuse)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX); refuse = bool(t.item())
+    if refuse: raise RunExistsError(self.cfg.out_dir, found or ["a previous run"])
+    return found
 
-    # -- evaluation -------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        "Validation loss (nats/byte) and bits per byte on the fixed windows (split across ranks)."
-        m, was = self.raw_model, self.raw_model.training
-        m.eval()
-        tot = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of losses, tokens)
-        try:
-            for w in self.eval_x.split(max(1, self.cfg.batch_size // self.world_size)):
-                w = w.to(self.device)
-                with self._autocast(): _, loss = m(w[:, :-1], w[:, 1:])
-                tot += torch.stack([loss.double() * w[:, 1:].numel(), torch.tensor(float(w[:, 1:].numel()), dtype=torch.float64, device=self.device)])
-        finally: m.train(was)
-        if self.ddp: dist.all_reduce(tot)
-        loss = (tot[0] / tot[1]).item()
-        return {"val/loss": loss, "val/bpb": loss / math.log(2)}
+# %% ../nbs/06_training.ipynb #9faa7d9e
+@patch
+def _callback_keys(self: Trainer) -> dict:
+    "Callbacks by class name (`Name`, `Name_1`, ... for repeats), so states survive adding or removing others."
+    out, seen = {}, {}
+    for c in self.callbacks:
+        n = type(c).__name__; k = seen.get(n, 0); seen[n] = k + 1
+        out[n if k == 0 else f"{n}_{k}"] = c
+    return out
 
-    def _autocast(self):
-        if self.cfg.dtype == "bfloat16": return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+@patch
+def _load_resume(self: Trainer) -> dict | None:
+    "Load the checkpoint `resume` names into this run after checking its config and data; None for a fresh start."
+    r = _resume_target(self.cfg.resume)
+    if r is None: return None
+    if r is True:
+        if not self.ckpt_path.exists(): return None  # nothing to resume: a fresh run
+        path = self.ckpt_path
+    else: path = Path(r)
+    st = load_checkpoint(path)
+    diff = config_diff(st["config"], self.cfg)
+    if diff: raise CheckpointError(f"checkpoint {path} was written by another configuration:\n  " + "\n  ".join(diff))
+    if st["data_fingerprint"] != self.corpus.fingerprint:
+        raise CheckpointError(f"checkpoint {path} was trained on other data (fingerprint {st['data_fingerprint']} "
+                              f"!= {self.corpus.fingerprint})")
+    try:
+        self.raw_model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"]); self.sched.load_state_dict(st["scheduler"])
+        self.sampler.load_state_dict(st["sampler"])
+        mine = self._callback_keys()
+        for k, sd in st["callbacks"].items():  # callbacks of the saved run that this run lacks are ignored
+            if k in mine: mine[k].load_state_dict(sd)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this run: {e}") from None
+    rngs = st["rng"]
+    if len(rngs) == self.world_size: set_rng_state(rngs[self.rank])
+    else:  # other world size: the data stream is the same global batch; re-seed dropout per rank
+        set_rng_state(rngs[0])
+        torch.manual_seed(mix_seed(self.cfg.seed, st["step"], self.rank))
+    self.step, self.elapsed, self.train_time = int(st["step"]), float(st["elapsed"]), float(st["train_time"])
+    self.last = dict(st["last"])
+    return st
 
-    # -- one optimiser step -----------------------------------------------------------------
-    def train_step(self) -> tuple[Tensor, Tensor | None, float]:
-        "One optimiser step on batch `self.step`: (mean loss, grad norm, lr used), loss still on device."
-        cfg, A = self.cfg, self.cfg.grad_accum_steps
-        x, y = self.sampler.batch(self.step)  # (B/W, T) this rank's share of the global batch
-        pin = self.device.type == "cuda"
-        x, y = (t.pin_memory().to(self.device, non_blocking=True) if pin else t for t in (x, y))
-        lr = self.opt.param_groups[0]["lr"]
-        total = torch.zeros((), device=self.device)
-        for i, (xm, ym) in enumerate(zip(x.chunk(A), y.chunk(A))):
-            sync = self.model.no_sync() if self.ddp and i < A - 1 else nullcontext()
-            with sync:
-                with self._autocast(): _, loss = self.model(xm, ym)
-                (loss / A).backward()
-            total += loss.detach() / A
-        gn = nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-        self.opt.step(); self.sched.step(); self.opt.zero_grad(set_to_none=True)
-        self.step += 1; self.sampler.step = self.step
-        return total, gn, lr
+# %% ../nbs/06_training.ipynb #0d7e379d
+@patch
+@torch.no_grad()
+def evaluate(self: Trainer) -> dict[str, float]:
+    "Validation loss (nats/byte) and bits per byte on the fixed windows (split across ranks)."
+    m, was = self.raw_model, self.raw_model.training
+    m.eval()
+    tot = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of losses, tokens)
+    try:
+        for w in self.eval_x.split(max(1, self.cfg.batch_size // self.world_size)):
+            w = w.to(self.device)
+            with self._autocast(): _, loss = m(w[:, :-1], w[:, 1:])
+            tot += torch.stack([loss.double() * w[:, 1:].numel(), torch.tensor(float(w[:, 1:].numel()), dtype=torch.float64, device=self.device)])
+    finally: m.train(was)
+    if self.ddp: dist.all_reduce(tot)
+    loss = (tot[0] / tot[1]).item()
+    return {"val/loss": loss, "val/bpb": loss / math.log(2)}
 
-    # -- signals ----------------------------------------------------------------------------
-    def _install_signals(self):
-        self._signal, self._old = None, {}
-        if threading.current_thread() is not threading.main_thread(): return
-        def handler(signum, frame):
-            if self._signal is not None:  # second signal: stop now
-                signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
-                if signum == signal.SIGINT: raise KeyboardInterrupt
-                raise SystemExit(128 + signum)
-            self._signal = signal.Signals(signum).name
-        for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, handler)
+@patch
+def _autocast(self: Trainer):
+    "bfloat16 autocast when `dtype` asks for it, else nothing."
+    if self.cfg.dtype == "bfloat16": return torch.autocast(self.device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
-    def _restore_signals(self):
-        for s, h in self._old.items(): signal.signal(s, h)
+# %% ../nbs/06_training.ipynb #1d63ea1e
+@patch
+def train_step(self: Trainer) -> tuple[Tensor, Tensor | None, float]:
+    "One optimiser step on batch `self.step`: (mean loss, grad norm, lr used), loss still on device."
+    cfg, A = self.cfg, self.cfg.grad_accum_steps
+    x, y = self.sampler.batch(self.step)  # (B/W, T) this rank's share of the global batch
+    pin = self.device.type == "cuda"
+    x, y = (t.pin_memory().to(self.device, non_blocking=True) if pin else t for t in (x, y))
+    lr = self.opt.param_groups[0]["lr"]
+    total = torch.zeros((), device=self.device)
+    for i, (xm, ym) in enumerate(zip(x.chunk(A), y.chunk(A))):
+        sync = self.model.no_sync() if self.ddp and i < A - 1 else nullcontext()
+        with sync:
+            with self._autocast(): _, loss = self.model(xm, ym)
+            (loss / A).backward()
+        total += loss.detach() / A
+    gn = nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+    self.opt.step(); self.sched.step(); self.opt.zero_grad(set_to_none=True)
+    self.step += 1; self.sampler.step = self.step
+    return total, gn, lr
 
-    def _stop_requested(self) -> bool:
-        flag = self._signal is not None or self.should_stop
-        if self.ddp:
-            t = torch.tensor([int(flag)], device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item())
-        return flag
+# %% ../nbs/06_training.ipynb #e25c1114
+@patch
+def state_dict(self: Trainer) -> dict:
+    "Everything needed to continue this run exactly (collective under DDP: call on every rank)."
+    rngs = [rng_state()]
+    if self.ddp:
+        rngs = [None] * self.world_size
+        dist.all_gather_object(rngs, rng_state())
+    return {"format": CKPT_FORMAT, "step": self.step, "config": self.cfg.to_dict(),
+            "data_fingerprint": self.corpus.fingerprint, "world_size": self.world_size,
+            "model": self.raw_model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "sampler": self.sampler.state_dict(), "rng": rngs,
+            "callbacks": {k: c.state_dict() for k, c in self._callback_keys().items()},
+            "log_offset": self.logger.offset(), "elapsed": self.elapsed, "train_time": self.train_time,
+            "last": {k: v for k, v in self.last.items() if isinstance(v, (int, float))}}
 
-    # -- the loop ---------------------------------------------------------------------------
-    def fit(self) -> dict:
-        "Train to `max_steps` (or until a signal / a callback stops it); returns the final metrics."
-        from tqdm import tqdm
-        cfg, T = self.cfg, self.cfg.model.block_size
-        self._install_signals()
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.rank == 0),
-                   dynamic_ncols=True, desc="train")
-        stopped = False
-        try:
-            if self.step == 0:
-                self.logger.log("config", 0, config=self.cfg.to_dict(), world_size=self.world_size,
-                                n_params=sum(p.numel() for p in self.raw_model.parameters()),
-                                reversed_layers=list(getattr(self.raw_model, "reversed_layers", [])),
-                                train_docs=self.corpus.train_docs, val_docs=self.corpus.val_docs,
-                                train_bytes=len(self.corpus.train), val_bytes=len(self.corpus.val))
-                ev = self.evaluate(); self.last.update(ev); self.logger.log("eval", 0, **ev)
-            else: self.logger.log("resume", self.step, world_size=self.world_size)
-            for c in self.callbacks: c.on_train_begin(self)
-            t_run = t_log = time.perf_counter()
-            s_log, aux = self.step, 0.0  # aux: seconds in evaluation, callbacks, checkpoints since the last log
-            while self.step < cfg.max_steps:
-                loss, gn, lr = self.train_step()
-                last = self.step == cfg.max_steps
-                if self.step % cfg.log_interval == 0 or last:
-                    if self.ddp: dist.all_reduce(loss); loss = loss / self.world_size
-                    rec = {"train/loss": loss.item(), "train/lr": lr, "train/tokens": self.step * cfg.batch_size * T}
-                    if gn is not None: rec["train/grad_norm"] = gn.item()
-                    now = time.perf_counter(); dt = max(now - t_log - aux, 1e-9)  # pure training time
-                    rec["train/tokens_per_s"] = (self.step - s_log) * cfg.batch_size * T / dt
-                    self.train_time += dt; t_log, s_log, aux = now, self.step, 0.0
-                    self.last.update(rec); self.logger.log("train", self.step, **rec)
-                    bar.set_postfix(loss=f"{rec['train/loss']:.4f}", refresh=False)
-                t_aux = time.perf_counter()
-                if (cfg.eval_interval and self.step % cfg.eval_interval == 0) or last:
-                    ev = self.evaluate(); self.last.update(ev); self.logger.log("eval", self.step, **ev)
-                    bar.set_postfix(loss=f"{self.last.get('train/loss', float('nan')):.4f}", val_bpb=f"{ev['val/bpb']:.4f}", refresh=False)
-                for c in self.callbacks: c.on_step_end(self)
-                if cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0 and not last: self.save()
-                aux += time.perf_counter() - t_aux
-                bar.update(1)
-                self.elapsed += time.perf_counter() - t_run; t_run = time.perf_counter()
-                if self._stop_requested(): stopped = True; break
-            if not stopped:
-                for c in self.callbacks: c.on_train_end(self)
-            self.elapsed += time.perf_counter() - t_run
-            self.save()
-            if stopped: self.logger.log("interrupt", self.step, signal=self._signal, requested_by_callback=self._signal is None)
-            else: self.logger.log("end", self.step, tensorboard=False, elapsed_s=self.elapsed, train_s=self.train_time,
-                                  **{k: v for k, v in self.last.items() if k.startswith(("train/", "val/"))},
-                                  tokens_per_s_mean=self.step * cfg.batch_size * T / max(self.train_time, 1e-9))
-        finally:
-            bar.close(); self._restore_signals(); self.logger.close()
-            if self._own_group:
-                dist.barrier(); dist.destroy_process_group()
-        out = {"step": self.step, **{k: v for k, v in self.last.items() if k.startswith(("train/", "val/"))},
-               "elapsed_s": self.elapsed, "train_s": self.train_time,
-               "tokens_per_s_mean": self.step * cfg.batch_size * T / max(self.train_time, 1e-9), "interrupted": self._signal, "stopped": stopped,
-               "checkpoint": str(self.ckpt_path), "out_dir": str(cfg.out_dir)}
-        out.update({k: v for k, v in self.last_fisher.items() if k.endswith("_global_mean")})
-        return out
+@patch
+def save(self: Trainer):
+    "Write `out_dir/ckpt.pt` atomically (rank 0) and log it."
+    st = self.state_dict()
+    if self.rank == 0:
+        self.logger.flush()
+        save_checkpoint(st, self.ckpt_path)
+        self.logger.log("checkpoint", self.step, path=str(self.ckpt_path))
+
+# %% ../nbs/06_training.ipynb #1fc4a423
+@patch
+def _install_signals(self: Trainer):
+    "Route SIGINT/SIGTERM to a flag (main thread only); a second signal stops at once."
+    self._signal, self._old = None, {}
+    if threading.current_thread() is not threading.main_thread(): return
+    def handler(signum, frame):
+        if self._signal is not None:  # second signal: stop now
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            if signum == signal.SIGINT: raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        self._signal = signal.Signals(signum).name
+    for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, handler)
+
+@patch
+def _restore_signals(self: Trainer):
+    "Put back the handlers that were there before `fit`."
+    for s, h in self._old.items(): signal.signal(s, h)
+
+@patch
+def _stop_requested(self: Trainer) -> bool:
+    "Stop after this step? A signal arrived or a callback set `should_stop` (on any rank); sets `interrupted`."
+    sig = int(signal.Signals[self._signal]) if self._signal else 0
+    stop = bool(sig) or self.should_stop
+    if self.ddp:
+        t = torch.tensor([sig, int(self.should_stop)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        sig, stop = int(t[0].item()), bool(t.max().item())
+    if sig: self.interrupted = signal.Signals(sig).name
+    return stop
+
+# %% ../nbs/06_training.ipynb #7e0fc171
+@patch
+def _begin(self: Trainer):
+    "Log the start (config and a first evaluation at step 0, else the resume point), then `on_train_begin`."
+    if self.step == 0:
+        self.logger.log("config", 0, config=self.cfg.to_dict(), world_size=self.world_size,
+                        n_params=sum(p.numel() for p in self.raw_model.parameters()),
+                        reversed_layers=list(getattr(self.raw_model, "reversed_layers", [])),
+                        train_docs=self.corpus.train_docs, val_docs=self.corpus.val_docs,
+                        train_bytes=len(self.corpus.train), val_bytes=len(self.corpus.val),
+                        **({"replaced": self.replaced} if self.replaced else {}))
+        ev = self.evaluate(); self.last.update(ev); self.logger.log("eval", 0, **ev)
+    else: self.logger.log("resume", self.step, world_size=self.world_size)
+    for c in self.callbacks: c.on_train_begin(self)
+
+# %% ../nbs/06_training.ipynb #2b4471ca
+@patch
+def _log_train(self: Trainer, loss: Tensor, # mean loss of the latest step, on device
+               gn: Tensor | None, # its gradient norm (None without clipping)
+               lr: float, # the learning rate it used
+               steps: int, # steps since the previous record
+               dt: float, # seconds those steps spent training
+              ) -> dict:
+    "Log the `train` record of the latest step and return it."
+    cfg, T = self.cfg, self.cfg.model.block_size
+    if self.ddp: dist.all_reduce(loss); loss = loss / self.world_size
+    rec = {"train/loss": loss.item(), "train/lr": lr, "train/tokens": self.step * cfg.batch_size * T}
+    if gn is not None: rec["train/grad_norm"] = gn.item()
+    rec["train/tokens_per_s"] = steps * cfg.batch_size * T / dt
+    self.train_time += dt
+    self.last.update(rec); self.logger.log("train", self.step, **rec)
+    return rec
+
+# %% ../nbs/06_training.ipynb #e98b5c6f
+@patch
+def _after_step(self: Trainer, last: bool) -> dict | None:
+    "Evaluation when due, the callbacks' `on_step_end`, the periodic checkpoint; returns the evaluation if one ran."
+    cfg, ev = self.cfg, None
+    if (cfg.eval_interval and self.step % cfg.eval_interval == 0) or last:
+        ev = self.evaluate(); self.last.update(ev); self.logger.log("eval", self.step, **ev)
+    for c in self.callbacks: c.on_step_end(self)
+    if cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0 and not last: self.save()
+    return ev
+
+# %% ../nbs/06_training.ipynb #c436b3cb
+@patch
+def _finish(self: Trainer, stopped: bool, t_run: float):
+    "The final checkpoint, then an `end` record (finished) or an `interrupt` record that says how to resume."
+    cfg, T = self.cfg, self.cfg.model.block_size
+    if not stopped:
+        for c in self.callbacks: c.on_train_end(self)
+    self.elapsed += time.perf_counter() - t_run
+    self.save()
+    if stopped:
+        self.logger.log("interrupt", self.step, signal=self.interrupted, requested_by_callback=self.interrupted is None,
+                        checkpoint=str(self.ckpt_path),
+                        how_to_resume=f"train again with resume=True (--resume) and out_dir {cfg.out_dir}")
+    else: self.logger.log("end", self.step, tensorboard=False, elapsed_s=self.elapsed, train_s=self.train_time,
+                          **{k: v for k, v in self.last.items() if k.startswith(("train/", "val/"))},
+                          tokens_per_s_mean=self.step * cfg.batch_size * T / max(self.train_time, 1e-9))
+
+@patch
+def _summary(self: Trainer, stopped: bool) -> dict:
+    "What `fit` returns: step, latest train/val metrics, times, `interrupted`, `stopped`, paths, Fisher global means."
+    cfg, T = self.cfg, self.cfg.model.block_size
+    out = {"step": self.step, **{k: v for k, v in self.last.items() if k.startswith(("train/", "val/"))},
+           "elapsed_s": self.elapsed, "train_s": self.train_time,
+           "tokens_per_s_mean": self.step * cfg.batch_size * T / max(self.train_time, 1e-9),
+           "interrupted": self.interrupted, "stopped": stopped,
+           "checkpoint": str(self.ckpt_path), "out_dir": str(cfg.out_dir)}
+    out.update({k: v for k, v in self.last_fisher.items() if k.endswith("_global_mean")})
+    return out
+
+# %% ../nbs/06_training.ipynb #29601742
+@patch
+def fit(self: Trainer) -> dict:
+    "Train to `max_steps` (or until a signal or a callback stops it), checkpoint, and return the summary."
+    from tqdm import tqdm
+    cfg, stopped = self.cfg, False
+    self._install_signals()
+    bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.rank == 0),
+               dynamic_ncols=True, desc="train")
+    try:
+        self._begin()
+        t_run = t_log = time.perf_counter()
+        s_log, aux = self.step, 0.0  # aux: seconds in evaluation, callbacks, checkpoints since the last log
+        while self.step < cfg.max_steps:
+            loss, gn, lr = self.train_step()
+            last = self.step == cfg.max_steps
+            if self.step % cfg.log_interval == 0 or last:
+                now = time.perf_counter()
+                rec = self._log_train(loss, gn, lr, self.step - s_log, max(now - t_log - aux, 1e-9))  # pure training time
+                t_log, s_log, aux = now, self.step, 0.0
+                bar.set_postfix(loss=f"{rec['train/loss']:.4f}", refresh=False)
+            t_aux = time.perf_counter()
+            ev = self._after_step(last)
+            if ev is not None:
+                bar.set_postfix(loss=f"{self.last.get('train/loss', float('nan')):.4f}", val_bpb=f"{ev['val/bpb']:.4f}", refresh=False)
+            aux += time.perf_counter() - t_aux
+            bar.update(1)
+            self.elapsed += time.perf_counter() - t_run; t_run = time.perf_counter()
+            if self._stop_requested(): stopped = True; break
+        self._finish(stopped, t_run)
+    finally:
+        bar.close(); self._restore_signals(); self.logger.close()
+        if self._own_group:
+            dist.barrier(); dist.destroy_process_group()
+    return self._summary(stopped)
 
 # %% ../nbs/06_training.ipynb #7f1f9536
 def train(cfg: TrainConfig, # the whole run
           callbacks: list[Callback] | None = None, # extra callbacks (the Fisher callback is added when cfg.fim_interval > 0)
           corpus: Corpus | None = None, # preloaded corpus, else read from cfg.data
          ) -> dict:
-    "Train a GPT as `cfg` says (single process, or DDP under `torchrun`); returns the final metrics."
+    "Train a GPT as `cfg` says (single process, or DDP under `torchrun`); returns `fit`'s summary."
     return Trainer(cfg, callbacks, corpus).fit()
-
-# %% ../nbs/06_training.ipynb #4be83104
-def _parse_bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"): return True
-    if s.lower() in ("0", "false", "no", "off"): return False
-    raise ValueError(f"not a boolean: {s!r}")
-
-def _parse_auto(s: str):
-    "A flag whose default is None: int, float, bool, none or a string."
-    if s.lower() == "none": return None
-    for f in (int, float, _parse_bool):
-        try: return f(s)
-        except ValueError: pass
-    return s
-
-def _parse_resume(s: str):
-    try: return _parse_bool(s)
-    except ValueError: return s
-
-def _add_flags(ap, dc, taken: set[str], dest_prefix: str):
-    import argparse
-    for f in dataclasses.fields(dc):
-        if f.name == "model": continue
-        d = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        name = f.name if f.name not in taken else f"model.{f.name}"
-        kw = dict(dest=dest_prefix + f.name, default=argparse.SUPPRESS)
-        if f.name == "resume": ap.add_argument(f"--{name}", nargs="?", const=True, type=_parse_resume, **kw)
-        elif isinstance(d, bool): ap.add_argument(f"--{name}", type=_parse_bool, metavar="BOOL", **kw)
-        elif isinstance(d, (int, float, str)): ap.add_argument(f"--{name}", type=type(d), **kw)
-        elif isinstance(d, tuple): ap.add_argument(f"--{name}", type=lambda s: tuple(_parse_auto(x) for x in s.split(",")), **kw)
-        elif d is None and "str" in str(f.type): ap.add_argument(f"--{name}", type=lambda s: None if s.lower() == "none" else s, **kw)
-        else: ap.add_argument(f"--{name}", type=_parse_auto, **kw)
-        taken.add(name)
-
-def config_from_args(argv: list[str] | None = None) -> TrainConfig:
-    "A `TrainConfig` from command-line flags (`--max_steps 100 --n_layer 2 ...`)."
-    import argparse
-    ap = argparse.ArgumentParser(prog="train", description="Train a byte-level GPT with FIM metrics logging.")
-    taken: set[str] = set()
-    _add_flags(ap, TrainConfig, taken, "t.")
-    _add_flags(ap, GPTConfig, taken, "m.")
-    ns = vars(ap.parse_args(argv))
-    model = GPTConfig(**{k[2:]: v for k, v in ns.items() if k.startswith("m.")})
-    return TrainConfig(model=model, **{k[2:]: v for k, v in ns.items() if k.startswith("t.")})
-
-def train_main(argv: list[str] | None = None) -> int:
-    "Command-line entry: train and print the final metrics as JSON. Exit codes: 0 done, 1 bad data or checkpoint, 2 bad flags, 128 + signal when interrupted."
-    try: cfg = config_from_args(argv)
-    except (ValueError, TypeError) as e:
-        print(f"train: error: {e}", file=sys.stderr); return 2
-    try: res = train(cfg)
-    except (ValueError, OSError, CheckpointError) as e:  # the validation errors name the problem: no traceback needed
-        print(f"train: error: {e}", file=sys.stderr); return 1
-    if int(os.environ.get("RANK", "0")) == 0: print(json.dumps(_jsonable(res)))
-    return 128 + int(getattr(signal, res["interrupted"])) if res["interrupted"] else 0

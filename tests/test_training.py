@@ -14,9 +14,8 @@ import torch
 from fim_attention.data import load_corpus
 from fim_attention.metrics import METRIC_NAMES, fim_metrics
 from fim_attention.model import GPTConfig
-from fim_attention.training import (RUNTIME_FIELDS, Callback, CheckpointError, FisherMetricsCallback, TrainConfig, Trainer,
-                                    config_from_args, load_checkpoint, lr_at, read_log, save_checkpoint, train,
-                                    train_main)
+from fim_attention.training import (RUNTIME_FIELDS, Callback, CheckpointError, FisherMetricsCallback, RunExistsError,
+                                    TrainConfig, Trainer, load_checkpoint, lr_at, read_log, save_checkpoint, train)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32)
@@ -166,11 +165,16 @@ def test_callback_measures_what_the_model_multiplies(corpus):
         q = fim_metrics(p, mode="query")
         for k in ("eigmax", "trace", "energy_r16", "eff_rank"):
             v = q[k]  # (B, H, T); row 0 of each sequence has a zero FIM
-            want = torch.stack([v[:, h][torch.isfinite(v[:, h])].mean() for h in range(2)])
+            want = torch.stack([v[:, h][torch.isfinite(v[:, h])].double().mean() for h in range(2)])
             torch.testing.assert_close(ph["query"][k][l], want)
+        for k in ("decay", "cond"):  # the probe's rule for the heavy-tailed ratios: median, +inf kept, NaN left out
+            v = q[k]  # regression: the callback used to take a finite mean, silently dropping the +inf rows
+            want = torch.stack([v[:, h].flatten().nanmedian() for h in range(2)]).double()
+            torch.testing.assert_close(ph["query"][k][l], want)
+        assert torch.isinf(q["decay"]).any()  # rows with support < 6: decay = +inf, counted by the median
         mean = fim_metrics(p.transpose(0, 1).reshape(2, 64, 32), mode="mean")  # all rows per head
         for k in ("eigmax", "trace", "energy_r8", "eff_rank"):
-            torch.testing.assert_close(ph["mean"][k][l], mean[k], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(ph["mean"][k][l], mean[k].double(), rtol=1e-5, atol=1e-6)
     assert torch.equal(cb.per_head(model, 5)["query"]["eigmax"], ph["query"]["eigmax"])  # eval mode: deterministic
     # with sampling active, the mean-FIM and the reference definition see the same rows: their
     # eigmax agree to float32 accuracy, while another step's sample gives visibly different values
@@ -239,37 +243,30 @@ def test_failed_save_keeps_old_checkpoint(tmp_path, monkeypatch):
     assert p.read_bytes() == good and sorted(os.listdir(tmp_path)) == ["ckpt.pt"]
 
 
-def test_config_from_args():
-    cfg = config_from_args(["--max_steps", "7", "--n_layer", "3", "--attn", "ra_mla", "--resume", "--data", "x.txt",
-                            "--tensorboard", "false", "--d_latent", "16"])
-    assert cfg.max_steps == 7 and cfg.model.n_layer == 3 and cfg.model.attn == "ra_mla" and cfg.resume is True
-    assert cfg.data == "x.txt" and cfg.tensorboard is False and cfg.model.d_latent == 16
-    assert config_from_args(["--resume", "runs/x/ckpt.pt"]).resume == "runs/x/ckpt.pt"
-    assert config_from_args([]) == TrainConfig()
+# A training process without any command line: train(TrainConfig(**json)), print the summary, exit 128 + signal
+# when interrupted (what `fim-attention train` does on top of the same contract). Also the script torchrun starts.
+RUNNER = """
+import json, signal, sys
+from fim_attention.training import TrainConfig, train
+res = train(TrainConfig(**json.loads(sys.argv[1])))
+print(json.dumps({k: res[k] for k in ("step", "interrupted", "stopped", "checkpoint", "out_dir")}))
+sys.exit(128 + signal.Signals[res["interrupted"]] if res["interrupted"] else 0)
+"""
 
 
-def test_cli_exit_codes_and_messages(tmp_path, capsys):
-    assert train_main(["--attn", "bogus"]) == 2
-    assert "bogus" in capsys.readouterr().err
-    assert train_main(["--n_embd", "30", "--n_head", "4"]) == 2  # not divisible
-    assert train_main(["--data", str(tmp_path / "missing.txt"), "--out_dir", str(tmp_path / "o")]) == 1
-    err = capsys.readouterr().err
-    assert "missing.txt" in err and "Traceback" not in err and not (tmp_path / "o").exists()
-    with pytest.raises(SystemExit) as e:
-        train_main(["--no_such_flag", "1"])
-    assert e.value.code == 2
-
-
-CLI_TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
-            "--eval_windows", "16", "--fim_batch_size", "2", "--fim_rows", "16", "--progress", "false",
-            "--tensorboard", "false", "--log_interval", "1", "--ckpt_interval", "0"]
+def runner_cmd(tmp_path, **cfg):
+    script = tmp_path / "run_train.py"
+    script.write_text(RUNNER)
+    base = dict(model=TINY, batch_size=8, eval_windows=16, fim_batch_size=2, fim_rows=16, progress=False,
+                tensorboard=False, log_interval=1, ckpt_interval=0)
+    return [str(script), json.dumps({**base, **cfg})]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_writes_final_checkpoint(tmp_path, sig):
     out = tmp_path / "sig"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *CLI_TINY, "--max_steps", "100000",
-                             "--eval_interval", "50", "--fim_interval", "20", "--out_dir", str(out)],
+    proc = subprocess.Popen([sys.executable, *runner_cmd(tmp_path, max_steps=100000, eval_interval=50, fim_interval=20,
+                                                         out_dir=str(out))],
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log = out / "log.jsonl"
     deadline = time.time() + 60
@@ -278,11 +275,15 @@ def test_signal_writes_final_checkpoint(tmp_path, sig):
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    res, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, err.decode()[-2000:]
+    res = json.loads(res)  # the interrupt contract: fit() returned (no exception) with the signal's name
     recs = read_log(out)  # every line is complete JSON
     last_train = [r for r in recs if r["event"] == "train"][-1]["step"]
+    assert res["interrupted"] == signal.Signals(sig).name and res["stopped"] and res["step"] == last_train
     assert recs[-1]["event"] == "interrupt" and recs[-1]["signal"] == signal.Signals(sig).name
+    assert not recs[-1]["requested_by_callback"] and "resume=True" in recs[-1]["how_to_resume"]
+    assert not [r for r in recs if r["event"] == "end"]  # nothing says an unfinished run ended
     st = load_checkpoint(out / "ckpt.pt")
     assert st["step"] == last_train == recs[-1]["step"]
     assert st["sampler"]["step"] == last_train
@@ -291,9 +292,8 @@ def test_signal_writes_final_checkpoint(tmp_path, sig):
 
 def test_ddp_two_processes_match_one(tmp_path, corpus):
     torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "scripts" / "train.py"), *CLI_TINY,
-           "--max_steps", "6", "--eval_interval", "3", "--fim_interval", "3", "--warmup_steps", "2",
-           "--out_dir", str(tmp_path / "ddp")]
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2",
+           *runner_cmd(tmp_path, max_steps=6, eval_interval=3, fim_interval=3, warmup_steps=2, out_dir=str(tmp_path / "ddp"))]
     r = subprocess.run(cmd, env=env(), capture_output=True, timeout=120)
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     one = train(tiny(tmp_path, "one", max_steps=6, eval_interval=3, fim_interval=3, warmup_steps=2, fim_rows=16),
@@ -308,3 +308,104 @@ def test_ddp_two_processes_match_one(tmp_path, corpus):
     assert len(cfg_rec) == 1 and cfg_rec[0]["world_size"] == 2
     st = load_checkpoint(tmp_path / "ddp" / "ckpt.pt")
     assert st["world_size"] == 2 and len(st["rng"]) == 2
+
+
+def test_run_folder_is_never_silently_overwritten(tmp_path, corpus):
+    # regression: train() on a folder holding a run truncated its log.jsonl and replaced its ckpt.pt without a word
+    run = tmp_path / "r"
+    train(tiny(tmp_path, "r", max_steps=2, fim_interval=0), corpus=corpus)
+    (run / "notes.txt").write_text("the user's own file")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(RunExistsError) as e:
+        train(tiny(tmp_path, "r", max_steps=3, fim_interval=0), corpus=corpus)
+    assert isinstance(e.value, FileExistsError) and e.value.found == ["log.jsonl", "ckpt.pt"]
+    assert str(run) in str(e.value) and "resume" in str(e.value) and "overwrite" in str(e.value)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # refused before anything was written
+
+    # each artefact alone holds a run; an empty folder, an empty log or an empty tb/ do not
+    for name in ("log.jsonl", "ckpt.pt", "tb/events.out.tfevents.1.host"):
+        d = tmp_path / f"only_{name.split('/')[0]}"
+        (d / name).parent.mkdir(parents=True)
+        (d / name).write_bytes(b"x")
+        with pytest.raises(RunExistsError):
+            Trainer(tiny(tmp_path, d.name, fim_interval=0), corpus=corpus)
+    empty = tmp_path / "empty"
+    (empty / "tb").mkdir(parents=True)
+    (empty / "log.jsonl").touch()
+    Trainer(tiny(tmp_path, "empty", fim_interval=0), corpus=corpus).logger.close()
+
+    # overwrite: the previous log, checkpoint (and tb/) go first, the user's file stays, the log holds one run
+    res = train(tiny(tmp_path, "r", max_steps=3, fim_interval=0, overwrite=True), corpus=corpus)
+    assert res["step"] == 3 and (run / "notes.txt").read_text() == "the user's own file"
+    cfgs = read_log(run, "config")
+    assert len(cfgs) == 1 and cfgs[0]["replaced"] == ["log.jsonl", "ckpt.pt"]
+    assert sorted(losses(run)) == [1, 2, 3] and [r["step"] for r in read_log(run, "end")] == [3]
+
+    # overwrite is a runtime field (a resumed run may differ in it) and excludes resume
+    assert "overwrite" in RUNTIME_FIELDS
+    with pytest.raises(ValueError, match="exclude each other"):
+        TrainConfig(resume=True, overwrite=True)
+    with pytest.raises(ValueError, match="exclude each other"):
+        TrainConfig(resume="runs/x/ckpt.pt", overwrite=True)
+    with pytest.raises(ValueError, match="overwrite must be"):
+        TrainConfig(overwrite="yes")
+    assert TrainConfig(resume="false", overwrite=True).overwrite  # the command line's "false" is no resume
+
+
+def test_overwrite_leaves_one_tensorboard_run(tmp_path, corpus):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    train(tiny(tmp_path, "tb", max_steps=4, fim_interval=0, tensorboard=True), corpus=corpus)
+    train(tiny(tmp_path, "tb", max_steps=2, fim_interval=0, tensorboard=True, overwrite=True), corpus=corpus)
+    assert len(list((tmp_path / "tb" / "tb").iterdir())) == 1  # one events file: the new run's
+    acc = EventAccumulator(str(tmp_path / "tb" / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
+
+
+class CrashAt(Callback):
+    def __init__(self, step): self.at = step
+    def on_step_end(self, trainer):
+        if trainer.step == self.at: raise RuntimeError("simulated crash")
+
+
+def test_resume_without_checkpoint_starts_clean(tmp_path, corpus):
+    # a run killed before its first checkpoint left a log: resume=True starts it again from step 0 and the
+    # new log does not mix the two attempts
+    train(tiny(tmp_path, "full"), corpus=corpus)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny(tmp_path, "early"), callbacks=[CrashAt(3)], corpus=corpus)
+    assert not (tmp_path / "early" / "ckpt.pt").exists() and max(losses(tmp_path / "early")) == 3
+    with pytest.raises(RunExistsError):
+        train(tiny(tmp_path, "early"), corpus=corpus)
+    res = train(tiny(tmp_path, "early", resume=True), corpus=corpus)
+    assert res["step"] == 12 and read_log(tmp_path / "early", "config")[0]["replaced"] == ["log.jsonl"]
+    again = trajectory(tmp_path / "early")
+    again[0].pop("replaced")  # the config record says what it replaced; the rest is the uninterrupted run
+    assert trajectory(tmp_path / "full") == again
+
+
+def test_stop_by_callback_is_not_an_interruption(tmp_path, corpus):
+    res = train(tiny(tmp_path, "s", fim_interval=0), callbacks=[StopAt(5)], corpus=corpus)
+    assert (res["step"], res["stopped"], res["interrupted"]) == (5, True, None)
+    last = read_log(tmp_path / "s")[-1]
+    assert last["event"] == "interrupt" and last["signal"] is None and last["requested_by_callback"]
+    assert last["checkpoint"] == res["checkpoint"] and load_checkpoint(res["checkpoint"])["step"] == 5
+    assert not read_log(tmp_path / "s", "end")
+    done = train(tiny(tmp_path, "s", fim_interval=0, resume=True), corpus=corpus)
+    assert (done["step"], done["stopped"], done["interrupted"]) == (12, False, None)
+    assert read_log(tmp_path / "s")[-1]["event"] == "end"
+
+
+@pytest.mark.parametrize("dc", [TrainConfig, GPTConfig])
+def test_every_config_field_is_documented_on_its_own_line(dc):
+    # `fim-attention train` builds its flags' help from docments; a section comment above a field without one
+    # used to become that field's help (docments(TrainConfig)["max_steps"] == "optimisation")
+    import dataclasses
+    import inspect
+    import re
+    from fastcore.docments import docments
+    docs = docments(dc)
+    inline = dict(re.findall(r"^    (\w+)\s*:[^#\n]*#\s*(.+?)\s*$", inspect.getsource(dc), flags=re.M))
+    for f in dataclasses.fields(dc):
+        assert docs[f.name] and docs[f.name] == inline.get(f.name), (f.name, docs[f.name])
