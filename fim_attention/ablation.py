@@ -5,7 +5,6 @@
 # %% ../nbs/07_ablation.ipynb #fbf5114f
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -16,7 +15,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +25,19 @@ from torch import Tensor
 from .data import fixed_windows, mix_seed, load_corpus
 from .metrics import reference_metrics
 from .model import GPT, GPTConfig
+from .probe import Rows
 from .spectrum import fim_eigvalsh, mean_fim_eigvalsh
 from .training import Callback, TrainConfig, read_log, train
 
 # %% auto #0
 __all__ = ['VARIANTS', 'LABELS', 'METRICS', 'DEFINITIONS', 'REF_METRICS', 'ALL_METRICS', 'SEED_TABLE', 'BUDGET_PAIRS', 'COLORS',
-           'AblationConfig', 'check_variants', 'check_seeds', 'run_name', 'train_config', 'layer_spectra',
-           'SpectrumProbe', 'run_finished', 'run_one', 'run_ablation', 'summarize_run', 'summarize', 'seed_stats',
-           'compare', 'final_values', 'variant_table', 'verdicts', 'budget_fit', 'budget_runs', 'budget_fits',
-           'plot_budgets', 'by_budget', 'budget_table_markdown', 'budget_gap_markdown', 'table_markdown',
-           'seed_table_markdown', 'verdict_markdown', 'claim_summary', 'plot_fim_curves', 'plot_losses', 'plot_spectra',
-           'plot_ra_layers', 'plot_kv_bytes', 'plot_fim_layers', 'report', 'throughput', 'add_ablate_arguments',
-           'run_ablate', 'add_report_arguments', 'run_report']
+           'study_recipe', 'check_variants', 'check_seeds', 'run_name', 'AblationConfig', 'train_config',
+           'layer_spectra', 'SpectrumProbe', 'StudyInterrupted', 'run_finished', 'run_one', 'run_ablation',
+           'summarize_run', 'summarize', 'seed_stats', 'compare', 'final_values', 'variant_table', 'verdicts',
+           'budget_fit', 'budget_runs', 'budget_fits', 'plot_budgets', 'by_budget', 'budget_table_markdown',
+           'budget_gap_markdown', 'table_markdown', 'seed_table_markdown', 'verdict_markdown', 'claim_summary',
+           'plot_fim_curves', 'plot_losses', 'plot_spectra', 'plot_ra_layers', 'plot_kv_bytes', 'plot_fim_layers',
+           'report', 'throughput']
 
 # %% ../nbs/07_ablation.ipynb #3ddc6f0e
 VARIANTS = ("standard", "ra", "mla", "mla_kvsplice", "ra_mla", "ra_mla_kvsplice")
@@ -45,40 +45,14 @@ VARIANTS = ("standard", "ra", "mla", "mla_kvsplice", "ra_mla", "ra_mla_kvsplice"
 LABELS = {"standard": "standard", "ra": "RA", "mla": "MLA", "mla_kvsplice": "MLA+KVSplice",
           "ra_mla": "RA+MLA", "ra_mla_kvsplice": "RA+MLA+KVSplice"}
 
-@dataclass
-class AblationConfig:
-    "The one recipe every run of the study shares (only the variant and the seed differ)."
-    steps: int = 2500  # optimiser steps per run (the loss has flattened by then: see "The recipe and the scale")
-    batch_size: int = 16  # sequences per step
-    block_size: int = 128  # context T
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    lr: float = 6e-3  # peak; chosen by a pilot (1e-3, 3e-3, 6e-3 at 800 steps), see "The recipe and the scale"
-    min_lr: float = 6e-4  # cosine floor, reached at `steps`
-    warmup_steps: int | None = None  # None: 10% of `steps`
-    eval_interval: int = 100
-    eval_windows: int = 128  # fixed validation windows per evaluation
-    fim_interval: int = 250  # FisherMetricsCallback and SpectrumProbe cadence
-    fim_batch_size: int = 4  # held-out sequences measured (4 x 128 query rows per head)
-    fim_rows: int = 64  # rows per head of the reference (mean-FIM) definition
-    probe_rows: int = 64  # rows per head whose per-query spectra are kept
-    ckpt_interval: int = 250  # a stopped study loses at most this many steps per run
-    data: str | None = None  # None: the embedded Shakespeare
-
-    def __post_init__(self):
-        for k in ("steps", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_windows",
-                  "fim_batch_size", "fim_rows", "probe_rows"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be an int >= 1, got {v!r}")
-        for k in ("eval_interval", "fim_interval", "ckpt_interval"):
-            if getattr(self, k) < 0: raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
-        if self.warmup_steps is not None and not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(f"warmup_steps must be in [0, steps), got {self.warmup_steps} for steps={self.steps}")
-
-    @property
-    def warmup(self) -> int: return self.warmup_steps if self.warmup_steps is not None else max(1, self.steps // 10)
-    def to_dict(self) -> dict: return dataclasses.asdict(self)
+def study_recipe(**kw) -> TrainConfig:
+    "The study's `TrainConfig` (the GPTConfig defaults: 4 layers, 4 heads, width 128, T = 128); `kw` overrides fields."
+    return TrainConfig(**{**dict(max_steps=2500,  # the loss has flattened by then: see "The recipe and the scale"
+                                 batch_size=16, lr=6e-3, min_lr=6e-4,  # lr from a pilot (1e-3, 3e-3, 6e-3 at 800 steps)
+                                 warmup_steps=250,  # 10% of the steps
+                                 eval_interval=100, eval_windows=128, log_interval=10, ckpt_interval=250,
+                                 tensorboard=False, progress=False,
+                                 fim_interval=250, fim_batch_size=4, fim_rows=64), **kw})
 
 # %% ../nbs/07_ablation.ipynb #a7985169
 def check_variants(variants) -> list[str]:
@@ -87,11 +61,13 @@ def check_variants(variants) -> list[str]:
     out = []
     for v in variants:
         v = str(v).strip().lower().replace("+", "_")
-        if v not in VARIANTS: raise ValueError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+        if v == "all": out += [x for x in VARIANTS if x not in out]; continue
+        if v not in VARIANTS: raise ValueError(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)} (or all)")
         if v not in out: out.append(v)
     if not out: raise ValueError("no variants given")
     return out
 
+# %% ../nbs/07_ablation.ipynb #a7985101
 def check_seeds(seeds) -> list[int]:
     "Seeds as distinct non-negative ints; an int n means seeds 0..n-1."
     if isinstance(seeds, int) and not isinstance(seeds, bool): seeds = list(range(seeds))
@@ -105,16 +81,68 @@ def check_seeds(seeds) -> list[int]:
     if not out: raise ValueError("no seeds given")
     return out
 
+# %% ../nbs/07_ablation.ipynb #a7985102
 def run_name(variant: str, seed: int) -> str: return f"{variant}_s{seed}"
 
-def train_config(variant: str, seed: int, ab: AblationConfig, out_dir, progress: bool = False) -> TrainConfig:
-    "The `TrainConfig` of one run of the study."
-    m = GPTConfig(block_size=ab.block_size, n_layer=ab.n_layer, n_head=ab.n_head, n_embd=ab.n_embd, attn=variant)
-    return TrainConfig(model=m, data=ab.data, max_steps=ab.steps, batch_size=ab.batch_size, lr=ab.lr, min_lr=ab.min_lr,
-                       warmup_steps=ab.warmup, seed=seed, eval_interval=ab.eval_interval, eval_windows=ab.eval_windows,
-                       log_interval=10, ckpt_interval=ab.ckpt_interval, out_dir=str(Path(out_dir) / run_name(variant, seed)),
-                       tensorboard=False, progress=progress, fim_interval=ab.fim_interval, fim_batch_size=ab.fim_batch_size,
-                       fim_rows=ab.fim_rows)
+# %% ../nbs/07_ablation.ipynb #8097b870
+_PER_RUN = {"seed", "out_dir", "resume", "overwrite", "progress", "device"}  # set per run or per machine, not the recipe
+
+@dataclass
+class AblationConfig:
+    "The study: one `TrainConfig` every run shares, the variants and the seeds (a run differs only in `model.attn` and `seed`)."
+    train: TrainConfig = field(default_factory=study_recipe)  # the shared recipe; its seed, attn and out_dir are set per run
+    variants: tuple = VARIANTS  # attention variants (names of VARIANTS)
+    seeds: tuple = (0, 1, 2)  # training seeds: initialisation and data order, paired across variants
+    probe_rows: int = 64  # rows per head whose per-query spectra the SpectrumProbe keeps
+
+    def __post_init__(self):
+        if isinstance(self.train, dict): self.train = TrainConfig(**self.train)
+        self.variants, self.seeds = tuple(check_variants(self.variants)), tuple(check_seeds(self.seeds))
+        if isinstance(self.probe_rows, bool) or not isinstance(self.probe_rows, int) or self.probe_rows < 1:
+            raise ValueError(f"probe_rows must be an int >= 1, got {self.probe_rows!r}")
+
+    def with_steps(self, steps: int) -> "AblationConfig":
+        "The same study at another budget: `max_steps = steps`, warm-up 10% of it (the intervals stay)."
+        steps = int(steps)
+        if steps < 1: raise ValueError(f"steps must be >= 1, got {steps}")
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, max_steps=steps, warmup_steps=max(1, steps // 10)))
+
+    def to_dict(self) -> dict: return dataclasses.asdict(self)
+
+    def recipe(self) -> dict:
+        "What every run shares, flat (`lr`, `model.n_layer`, ...): the study's identity when resuming or comparing budgets."
+        d = {k: v for k, v in self.train.to_dict().items() if k not in _PER_RUN and k != "model"}
+        d.update({f"model.{k}": v for k, v in self.train.model.__dict__.items() if k != "attn"})
+        return {**d, "probe_rows": self.probe_rows}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AblationConfig":
+        "From `to_dict`, or from the flat recipe stored by studies before the `TrainConfig` one (`steps`, `n_layer`, ...)."
+        if "train" in d: return cls(**d)
+        old = {**_OLD_DEFAULTS, **d}
+        if old.keys() - _OLD_DEFAULTS.keys(): raise ValueError(f"unknown recipe fields {sorted(old.keys() - _OLD_DEFAULTS.keys())}")
+        m = GPTConfig(**{k: old[k] for k in ("block_size", "n_layer", "n_head", "n_embd")})
+        warm = old["warmup_steps"] if old["warmup_steps"] is not None else max(1, old["steps"] // 10)
+        t = study_recipe(model=m, data=old["data"], max_steps=old["steps"], warmup_steps=warm,
+                         **{k: old[k] for k in ("batch_size", "lr", "min_lr", "eval_interval", "eval_windows", "ckpt_interval",
+                                                "fim_interval", "fim_batch_size", "fim_rows")})
+        return cls(train=t, probe_rows=old["probe_rows"])
+
+_OLD_DEFAULTS = dict(steps=2500, batch_size=16, block_size=128, n_layer=4, n_head=4, n_embd=128, lr=6e-3, min_lr=6e-4,
+                     warmup_steps=None, eval_interval=100, eval_windows=128, fim_interval=250, fim_batch_size=4, fim_rows=64,
+                     probe_rows=64, ckpt_interval=250, data=None)  # the flat AblationConfig of the stored studies
+
+# %% ../nbs/07_ablation.ipynb #bfb9b5f4
+def train_config(variant: str, # one of VARIANTS
+                 seed: int, # training seed
+                 ab: AblationConfig, # the study
+                 out_dir, # study folder: the run writes out_dir/{variant}_s{seed}/
+                 progress: bool = False, # tqdm bar of the run
+                ) -> TrainConfig:
+    "The `TrainConfig` of one run of the study: the shared recipe with this variant, seed and folder."
+    t = ab.train
+    return dataclasses.replace(t, model=dataclasses.replace(t.model, attn=variant), seed=seed, progress=progress,
+                               out_dir=str(Path(out_dir) / run_name(variant, seed)))
 
 # %% ../nbs/07_ablation.ipynb #b8a2eb72
 def _sig(x, digits: int = 5):
@@ -133,8 +161,10 @@ def layer_spectra(p: Tensor, # (B, H, T, T) one layer's attention probabilities 
     lam_mean = mean_fim_eigvalsh(rows, normalize=True)  # (H, T) descending: mean FIM over all B*T rows;
     # normalize: float32 rows carry float32 rounding in their sums, which float64 would reject
     ref = reference_metrics(p.float(), n_samples=n_rows, generator=generator, return_eigvals=True)
-    n = min(n_rows, B * T)
-    pick = torch.rand(H, B * T, generator=generator, device=p.device).argsort(-1)[:, :n]  # (H, n)
+    mask, order = Rows.sample(n_rows).select(torch.ones(B, T, dtype=torch.bool, device=p.device), H, generator)  # (B, H, T)
+    n = int(mask[:, 0].sum())  # rows per head: min(n_rows, B*T)
+    key = torch.where(mask, order, B * T).transpose(0, 1).reshape(H, B * T)  # (H, B*T) draw order; unpicked rows last
+    pick = key.argsort(-1)[:, :n]  # (H, n) row indices b*T + t in the order the probe drew them
     sample = rows.gather(1, pick[..., None].expand(H, n, T))  # (H, n, T)
     lam_q = fim_eigvalsh(sample, normalize=True)  # (H, n, T) descending, per query row
     tr = lam_q.sum(-1, keepdim=True)  # (H, n, 1); 0 for a one-hot row (the first query)
@@ -189,6 +219,16 @@ class SpectrumProbe(Callback):
     def load_state_dict(self, sd): self.last_step = int(sd["last_step"])
 
 # %% ../nbs/07_ablation.ipynb #d0b4c84f
+class StudyInterrupted(KeyboardInterrupt):
+    "A signal stopped the study; every started run saved a checkpoint (`signal`: its name, `finished`/`pending`: run names)."
+    def __init__(self, signal: str, finished: list[str], pending: list[str]):
+        self.signal, self.finished, self.pending = signal, finished, pending
+        super().__init__(f"study stopped by {signal}: {len(finished)} runs finished, {len(pending)} not "
+                         "(each started run saved a checkpoint); rerun with resume=True to continue")
+    @property
+    def signum(self) -> int: return int(getattr(signal.Signals, self.signal, signal.SIGINT))
+
+# %% ../nbs/07_ablation.ipynb #d0b4c801
 def run_finished(run_dir, steps: int) -> bool:
     "Whether `run_dir/log.jsonl` holds an `end` event at `steps`."
     p = Path(run_dir) / "log.jsonl"
@@ -197,125 +237,152 @@ def run_finished(run_dir, steps: int) -> bool:
     except (json.JSONDecodeError, OSError): return False
     return any(r["step"] == steps for r in ends)
 
+# %% ../nbs/07_ablation.ipynb #4cccb012
 def run_one(variant: str, # one of VARIANTS
             seed: int, # training seed (init, data order)
-            ab: AblationConfig, # the shared recipe
+            ab: AblationConfig, # the study
             out_dir, # study folder; the run writes out_dir/{variant}_s{seed}/
             resume: bool = True, # continue from the run's checkpoint; skip if finished
             threads: int | None = None, # torch intra-op threads (None: leave as is)
             corpus=None, # preloaded corpus
             progress: bool = False, # tqdm bar of the run
+            overwrite: bool = False, # replace a run folder that holds another run (else train() refuses)
            ) -> dict:
     "Train one run of the study with the FisherMetricsCallback and the SpectrumProbe; returns train()'s result."
     cfg = train_config(variant, seed, ab, out_dir, progress)
-    if resume and run_finished(cfg.out_dir, ab.steps): return {"skipped": True, "out_dir": cfg.out_dir}
-    cfg.resume = bool(resume)
+    if resume and run_finished(cfg.out_dir, cfg.max_steps): return {"skipped": True, "out_dir": cfg.out_dir}
+    cfg = dataclasses.replace(cfg, resume=bool(resume) and not overwrite, overwrite=bool(overwrite))  # they exclude each other
     if threads: torch.set_num_threads(threads)
-    probe = SpectrumProbe(ab.fim_interval, ab.fim_batch_size, ab.probe_rows)
+    probe = SpectrumProbe(cfg.fim_interval, cfg.fim_batch_size, ab.probe_rows)
     return train(cfg, callbacks=[probe], corpus=corpus)
 
 def _worker(argv: list[str] | None = None) -> int:
-    "Subprocess entry of the runner: one run from a JSON spec."
+    "Subprocess entry of the runner: one run from a JSON spec; 0 finished, 128 + signal when stopped by one."
     spec = json.loads((argv if argv is not None else sys.argv[1:])[0])
-    res = run_one(spec["variant"], spec["seed"], AblationConfig(**spec["ab"]), spec["out_dir"], spec["resume"], spec["threads"])
-    return 0 if res.get("skipped") or not res.get("stopped") else 3
+    res = run_one(spec["variant"], spec["seed"], AblationConfig.from_dict(spec["ab"]), spec["out_dir"], spec["resume"],
+                  spec["threads"], overwrite=spec.get("overwrite", False))
+    if res.get("skipped") or not res.get("stopped"): return 0
+    return 128 + int(getattr(signal.Signals, res.get("interrupted") or "", signal.SIGTERM))
 
 def _code_version() -> dict:
     "Where the running code came from (package version, git commit of its checkout when there is one)."
-    import fim_attention as pkg
-    here = Path(pkg.__file__).resolve().parent
-    out = {"package_version": getattr(pkg, "__version__", None), "package_dir": str(here)}
+    from importlib.metadata import PackageNotFoundError, version
+    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+    try: v = version("fim_attention")
+    except PackageNotFoundError: v = None
+    out = {"package_version": v, "package_dir": str(here)}
     try:
         out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                                            timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): out["git_commit"] = None
     return out
 
-def run_ablation(variants=VARIANTS, # variant names
-                 seeds=(0, 1, 2), # training seeds (an int n: 0..n-1)
-                 steps: int | None = None, # optimiser steps per run (None: the AblationConfig default)
+# %% ../nbs/07_ablation.ipynb #d397daf6
+def run_ablation(variants=None, # variant names (None: the config's)
+                 seeds=None, # training seeds, an int n: 0..n-1 (None: the config's)
+                 steps: int | None = None, # optimiser steps per run (None: the config's; warm-up follows at 10%)
                  out_dir="runs/ablation", # study folder
                  resume: bool = True, # finished runs are skipped, interrupted ones continue from their checkpoint
                  jobs: int = 1, # runs at once (each in its own process when > 1)
-                 threads: int = 1, # torch threads per run
-                 config: AblationConfig | None = None, # the recipe (steps overrides its steps)
+                 threads: int = 1, # torch threads per run (1: as the stored study; parallelism comes from `jobs`)
+                 config: AblationConfig | None = None, # the study (default AblationConfig())
                  progress: bool = True, # a line per started/finished run on stderr (and a bar per run when jobs == 1)
+                 overwrite: bool = False, # replace runs and manifest already in out_dir instead of refusing
                 ) -> list[dict]:
     "Train every (variant, seed) of the study, seed-major (a stopped study holds whole seeds), and write `study.json`."
-    variants, seeds = check_variants(variants), check_seeds(seeds)
     ab = config or AblationConfig()
-    if steps is not None: ab = dataclasses.replace(ab, steps=int(steps))
+    if steps is not None: ab = ab.with_steps(steps)
+    variants = check_variants(ab.variants if variants is None else variants)
+    seeds = check_seeds(ab.seeds if seeds is None else seeds)
     if jobs < 1 or threads < 1: raise ValueError(f"jobs and threads must be >= 1, got {jobs}, {threads}")
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    man_path = out / "study.json"
+    man_path, n_steps = out / "study.json", ab.train.max_steps
     sessions = []
-    if man_path.exists() and resume:
+    if man_path.exists() and resume and not overwrite:
         old = json.loads(man_path.read_text())
-        if old.get("config") != ab.to_dict():
-            raise ValueError(f"{man_path} was written with another recipe; use another out_dir or resume=False:\n"
+        if AblationConfig.from_dict(old["config"]).recipe() != ab.recipe():
+            raise ValueError(f"{man_path} was written with another recipe; use another out_dir, or overwrite=True to start it again:\n"
                              f"  saved {old.get('config')}\n  now   {ab.to_dict()}")
         variants = old["variants"] + [v for v in variants if v not in old["variants"]]
         seeds = old["seeds"] + [s for s in seeds if s not in old["seeds"]]
         sessions = old.get("sessions") or [{k: old[k] for k in ("started", "finished", "wall_s", "jobs", "threads", "code", "torch")
                                             if k in old}]  # a manifest of the first format: one session
+    done = lambda v, s: resume and not overwrite and run_finished(out / run_name(v, s), n_steps)
+    todo = [(v, s) for s in seeds for v in variants]
     session = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "jobs": jobs, "threads": threads,
                "code": _code_version(), "torch": torch.__version__,
-               "pending": [run_name(v, s) for s in seeds for v in variants
-                           if not (resume and run_finished(out / run_name(v, s), ab.steps))]}
+               "pending": [run_name(v, s) for v, s in todo if not done(v, s)]}
+    ab = dataclasses.replace(ab, variants=tuple(variants), seeds=tuple(seeds))
     manifest = {"config": ab.to_dict(), "variants": variants, "seeds": seeds, "sessions": sessions + [session]}
     man_path.write_text(json.dumps(manifest, indent=1))
-    todo = [(v, s) for s in seeds for v in variants]
     t0 = time.perf_counter()
-    results = [{"variant": v, "seed": s, "skipped": True} for v, s in todo if resume and run_finished(out / run_name(v, s), ab.steps)]
-    todo = [(v, s) for v, s in todo if not (resume and run_finished(out / run_name(v, s), ab.steps))]
+    results = [{"variant": v, "seed": s, "skipped": True} for v, s in todo if done(v, s)]
+    todo = [(v, s) for v, s in todo if not done(v, s)]
     def note(msg):
         if progress: print(f"[ablate {time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-    if todo and jobs == 1:
-        corpus = load_corpus(ab.data, block_size=ab.block_size)
-        for v, s in todo:
-            r = run_one(v, s, ab, out, resume, threads, corpus, progress)
-            results.append({"variant": v, "seed": s, **r}); note(f"{run_name(v, s)} done")
-            if r.get("stopped"): break
-    elif todo:
-        results += _run_pool(todo, ab, out, resume, jobs, threads, note)
-    session["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    session["wall_s"] = round(time.perf_counter() - t0, 1)
-    man_path.write_text(json.dumps(manifest, indent=1))
+    try:
+        if todo and jobs == 1:
+            corpus = load_corpus(ab.train.data, ab.train.val_fraction, ab.train.split_seed, block_size=ab.train.model.block_size)
+            for v, s in todo:
+                r = run_one(v, s, ab, out, resume, threads, corpus, progress, overwrite)
+                results.append({"variant": v, "seed": s, **r})
+                if r.get("stopped"):  # a signal (or a callback) stopped it at a checkpoint: not done
+                    note(f"{run_name(v, s)} stopped at step {r['step']} of {n_steps} ({r.get('interrupted') or 'by a callback'})")
+                    raise StudyInterrupted(r.get("interrupted") or "SIGTERM", [], [])
+                note(f"{run_name(v, s)} finished ({n_steps} steps)")
+        elif todo:
+            results += _run_pool(todo, ab, out, resume, jobs, threads, note, overwrite)
+    except StudyInterrupted as e:  # what the whole study holds now, not only this session's runs
+        raise StudyInterrupted(e.signal, *_progress(out, [(v, s) for s in seeds for v in variants], n_steps)) from None
+    finally:
+        session["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        session["wall_s"] = round(time.perf_counter() - t0, 1)
+        session["pending"] = _progress(out, [(v, s) for s in seeds for v in variants], n_steps)[1]
+        man_path.write_text(json.dumps(manifest, indent=1))
     return results
 
-def _run_pool(todo, ab, out, resume, jobs, threads, note) -> list[dict]:
-    "Run `todo` in at most `jobs` subprocesses; SIGINT/SIGTERM are passed on so that every run checkpoints."
+def _progress(out: Path, runs, steps: int) -> tuple[list[str], list[str]]:
+    "(finished, not finished) run names of `runs` under `out`."
+    names = [(run_name(v, s), run_finished(out / run_name(v, s), steps)) for v, s in runs]
+    return [n for n, ok in names if ok], [n for n, ok in names if not ok]
+
+# %% ../nbs/07_ablation.ipynb #175cc68c
+def _run_pool(todo, ab, out, resume, jobs, threads, note, overwrite=False) -> list[dict]:
+    "Run `todo` in at most `jobs` subprocesses; SIGINT/SIGTERM are passed on once so that every run checkpoints."
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     pending, running, results, stop, signalled = list(todo), {}, [], [], set()
-    import fim_attention as pkg
-    root = str(Path(pkg.__file__).resolve().parent.parent)
-    def handler(signum, frame): stop.append(signum)
+    root = str(Path(__file__).resolve().parent.parent) if "__file__" in globals() else os.getcwd()
+    def handler(signum, frame): stop.append(signal.Signals(signum).name)
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while pending or running:
             while pending and len(running) < jobs and not stop and not any(r["returncode"] for r in results):  # fail fast
                 v, s = pending.pop(0)
                 d = out / run_name(v, s); d.mkdir(parents=True, exist_ok=True)
-                spec = json.dumps({"variant": v, "seed": s, "ab": ab.to_dict(), "out_dir": str(out), "resume": resume, "threads": threads})
+                spec = json.dumps({"variant": v, "seed": s, "ab": ab.to_dict(), "out_dir": str(out), "resume": resume,
+                                   "threads": threads, "overwrite": overwrite})
                 cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r}); from fim_attention.ablation import _worker; "
                        "sys.exit(_worker())", spec]  # the children import the very code the parent runs
                 f = open(d / "stdout.log", "a")
-                running[(v, s)] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), f, time.perf_counter())
+                # own session: a Ctrl-C in the terminal reaches the parent only, which passes it on exactly once
+                running[(v, s)] = (subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True),
+                                   f, time.perf_counter())
                 note(f"{run_name(v, s)} started (pid {running[(v, s)][0].pid})")
             if stop:
                 for key, (p, _, _) in running.items():
                     if p.poll() is None and key not in signalled:  # once: a second signal makes the trainer stop at once
                         p.send_signal(signal.SIGTERM); signalled.add(key)
-            time.sleep(0.5)
+            time.sleep(0.2)
             for key, (p, f, ts) in list(running.items()):
                 rc = p.poll()
                 if rc is None: continue
                 f.close(); del running[key]
                 results.append({"variant": key[0], "seed": key[1], "returncode": rc, "wall_s": round(time.perf_counter() - ts, 1)})
-                note(f"{run_name(*key)} exited {rc} after {time.perf_counter() - ts:.0f}s")
+                note(f"{run_name(*key)} " + ("finished" if rc == 0 else f"stopped (exit {rc})" if rc > 128 else f"failed (exit {rc})")
+                     + f" after {time.perf_counter() - ts:.0f}s")
     finally:
         for s, h in old.items(): signal.signal(s, h)
-    if stop: raise KeyboardInterrupt(f"study stopped by signal {stop[0]}; rerun with resume to continue")
+    if stop: raise StudyInterrupted(stop[0], *_progress(out, todo, ab.train.max_steps))
     bad = [r for r in results if r["returncode"] != 0]
     if bad: raise RuntimeError("runs failed: " + ", ".join(f"{run_name(r['variant'], r['seed'])} (exit {r['returncode']}, "
                                                            f"see {out / run_name(r['variant'], r['seed']) / 'stdout.log'})" for r in bad))
@@ -417,6 +484,7 @@ def summarize_run(run_dir) -> dict:
                                        "meanfim": [_sig(np.nanmean(_rank_at(_cumfrac(_nested(r["meanfim_eig"]))), 1)) for r in spectra]}
     return out
 
+# %% ../nbs/07_ablation.ipynb #b8513001
 def summarize(run_dir, # study folder (from run_ablation) or a single run folder
               out=None, # write the summary as JSON here
              ) -> dict:
@@ -444,6 +512,7 @@ def seed_stats(x) -> dict:
     hw = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan
     return {"mean": float(a.mean()), "std": sd, "n": n, "ci95": hw}
 
+# %% ../nbs/07_ablation.ipynb #b637d201
 def compare(a: dict, # seed -> value of variant A
             b: dict, # seed -> value of variant B
            ) -> dict:
@@ -464,6 +533,7 @@ def compare(a: dict, # seed -> value of variant A
                rel_lo=(out["diff"] - hw) / abs(base) if base else math.nan, rel_hi=(out["diff"] + hw) / abs(base) if base else math.nan)
     return out
 
+# %% ../nbs/07_ablation.ipynb #b637d202
 def final_values(summary: dict, # from `summarize`
                  key: str, # "val_loss", "val_bpb", "tokens_per_s", ... or "fim:{def}:{metric}" (layer-mean at the last step)
                  layers="all", # "all", "reversed", "standard" (FIM keys only), or a list of layer indices
@@ -486,6 +556,7 @@ def final_values(summary: dict, # from `summarize`
         out.setdefault(r["variant"], {})[r["seed"]] = math.nan if v is None else float(v)
     return out
 
+# %% ../nbs/07_ablation.ipynb #b637d203
 def variant_table(summary: dict) -> list[dict]:
     "One row per variant: val loss, bpb (mean ± std over seeds), KV bytes/token, tokens/s, final FIM metrics (three definitions)."
     keys = {"val_loss": "val_loss", "val_bpb": "val_bpb", "tokens_per_s": "tokens_per_s",
@@ -647,6 +718,7 @@ def budget_runs(summaries: dict, # {steps: summary} of studies that differ only 
             if r["finished"] and r["seed"] == seed: out.setdefault(r["variant"], {})[int(r["steps"])] = r
     return {v: dict(sorted(out[v].items())) for v in VARIANTS if v in out}
 
+# %% ../nbs/07_ablation.ipynb #054ff301
 def budget_fits(summaries: dict, # {steps: summary}
                 seed: int = 0, # the seed present at every budget
                 tol: float = 0.01, # see `budget_fit`
@@ -655,6 +727,7 @@ def budget_fits(summaries: dict, # {steps: summary}
     return {v: budget_fit(list(rs), [r["val_loss"] for r in rs.values()], tol=tol)
             for v, rs in budget_runs(summaries, seed).items() if len(rs) >= 3}
 
+# %% ../nbs/07_ablation.ipynb #054ff302
 def plot_budgets(summaries: dict, # {steps: summary}
                  seed: int = 0, # the seed present at every budget
                  fits: dict | None = None, # from `budget_fits` (computed if None)
@@ -695,7 +768,7 @@ def plot_budgets(summaries: dict, # {steps: summary}
     return fig
 
 # %% ../nbs/07_ablation.ipynb #1c4cff09
-_BUDGET_FREE = {"steps", "warmup_steps", "eval_interval", "fim_interval", "ckpt_interval"}  # may differ between budgets
+_BUDGET_FREE = {"max_steps", "warmup_steps", "eval_interval", "fim_interval", "ckpt_interval"}  # may differ between budgets
 BUDGET_PAIRS = [("mla_kvsplice", "mla", 3), ("ra_mla_kvsplice", "ra_mla", 3), ("mla", "standard", 2),
                 ("mla_kvsplice", "standard", 2), ("ra_mla", "mla", 1), ("ra", "standard", 1)]  # (A, B, claim)
 
@@ -710,7 +783,7 @@ def by_budget(studies, # study summaries (from `summarize`) or study folders
         n = steps.pop()
         cfg = (S.get("study") or {}).get("config")
         if cfg is not None:
-            mine = {k: v for k, v in cfg.items() if k not in _BUDGET_FREE}
+            mine = {k: v for k, v in AblationConfig.from_dict(cfg).recipe().items() if k not in _BUDGET_FREE}  # old or new format
             if recipe is None: recipe = mine
             elif mine != recipe:
                 diff = sorted(k for k in recipe.keys() | mine.keys() if recipe.get(k) != mine.get(k))
@@ -719,6 +792,7 @@ def by_budget(studies, # study summaries (from `summarize`) or study folders
         out[n] = S
     return dict(sorted(out.items()))
 
+# %% ../nbs/07_ablation.ipynb #1c4cff01
 def _hours(seconds: float) -> str: return f"{seconds / 3600:.1f} h" if seconds < 36000 else f"{seconds / 3600:,.0f} h"
 
 def budget_table_markdown(summaries: dict, # {steps: summary}, e.g. from `by_budget`
@@ -753,6 +827,7 @@ def budget_table_markdown(summaries: dict, # {steps: summary}, e.g. from `by_bud
         lines.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
+# %% ../nbs/07_ablation.ipynb #1c4cff02
 def budget_gap_markdown(summaries: dict, # {steps: summary}
                         pairs=BUDGET_PAIRS, # (A, B, claim) triples
                         seed: int = 0, # the seed present at every budget
@@ -795,6 +870,7 @@ def table_markdown(summary: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
+# %% ../nbs/07_ablation.ipynb #9b861301
 def seed_table_markdown(summary: dict) -> str:
     "The published table next to ours (reference definition; ours: mean ± std over seeds, final step)."
     tab = {r["variant"]: r for r in variant_table(summary)}
@@ -807,6 +883,7 @@ def seed_table_markdown(summary: dict) -> str:
                      f"{pub['energy_r16']} | {f('energy_r16_ref')} |")
     return "\n".join(lines)
 
+# %% ../nbs/07_ablation.ipynb #9b861302
 def verdict_markdown(rows: list[dict]) -> str:
     "Verdict rows as Markdown: A − B (paired by seed), 95% interval, relative change, p."
     lines = ["| claim | A | B | metric | A − B | 95% CI | relative | p (paired t) | n | verdict | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -815,6 +892,7 @@ def verdict_markdown(rows: list[dict]) -> str:
                      f"{r['rel']:+.1%} [{r['rel_lo']:+.1%}, {r['rel_hi']:+.1%}] | {r['p']:.2g} | {r['n']} | **{r['verdict']}** | {r['note']} |")
     return "\n".join(lines)
 
+# %% ../nbs/07_ablation.ipynb #9b861303
 def claim_summary(rows: list[dict]) -> str:
     "One verdict per claim as Markdown sentences, from the primary comparisons of `verdicts` (numbers filled in from the rows)."
     def find(claim, a, b, metric):
@@ -855,15 +933,31 @@ def _by_variant(summary: dict) -> dict[str, list[dict]]:
     for r in summary["runs"].values(): out.setdefault(r["variant"], []).append(r)
     return {v: out[v] for v in VARIANTS if v in out}
 
-def _band(ax, x, ys, color, label):
-    "Mean line and min–max band over seeds (ys: seeds x steps, NaN-aware)."
+def _band(ax, x, ys, color, label) -> np.ndarray:
+    "Mean line and min–max band over seeds (ys: seeds x steps, NaN-aware); returns the values drawn."
     ys = np.asarray(ys, dtype=np.float64)
-    if ys.size == 0: return
+    if ys.size == 0: return ys
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         m, lo, hi = np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
     ax.plot(x, m, color=color, label=label, lw=1.5)
     if len(ys) > 1: ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+    return np.stack([m, lo, hi])
+
+def _log_axis(ax, drawn, own_legend: bool = True, q=(1.0, 99.0)) -> bool:
+    "Log y-axis; where outliers reach a decade beyond the [1st, 99th] percentiles of the `drawn` values, clip to those (×1.5) and say so in the legend."
+    ax.set_yscale("log")
+    v = np.concatenate([np.ravel(np.asarray(d, dtype=np.float64)) for d in drawn]) if len(drawn) else np.zeros(0)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size < 20: return False
+    lo, hi = np.percentile(v, q, method="nearest")  # values that occur: one outlier in 100 is not interpolated into hi
+    if v.min() >= lo / 10 and v.max() <= hi * 10: return False  # no outlier worth hiding the scale for
+    lo, hi = lo / 1.5, hi * 1.5
+    ax.set_ylim(lo, hi)
+    n = int(((v < lo) | (v > hi)).sum())
+    h, = ax.plot([], [], ls="none", label=f"y clipped to {q[0]:g}–{q[1]:g}th percentile ({n} of {v.size} values outside)")
+    if own_legend: ax.legend(handles=[h], fontsize=6, handlelength=0, loc="upper right")
+    return True
 
 def _curve(r: dict, definition: str, metric: str, layers="all") -> tuple[list, np.ndarray]:
     "(steps, layer-mean values) of one run's FIM metric over training."
@@ -898,16 +992,17 @@ def plot_fim_curves(summary: dict, # from `summarize`
         for j, d in enumerate(definitions):
             ax = axs[i, j]
             if (d == "ref" and m not in REF_METRICS) or (d == "all" and m not in ALL_METRICS): ax.set_axis_off(); continue
-            for v, runs in by.items():
-                x, ys = _aligned(runs, lambda r: _curve(r, d, m))
-                _band(ax, x, ys, COLORS[v], LABELS[v])
-            if m in log_metrics: ax.set_yscale("log")
-            ax.set_title(f"{m} — {DEFINITIONS[d]}", fontsize=9)
-            if i == len(metrics) - 1: ax.set_xlabel("step")
+            drawn = [_band(ax, *_aligned(runs, lambda r: _curve(r, d, m)), COLORS[v], LABELS[v]) for v, runs in by.items()]
+            if m in log_metrics: _log_axis(ax, drawn, own_legend=(i, j) != (0, 0))
+            ax.set_title(f"{m} — {DEFINITIONS[d]}", fontsize=9); ax.set_ylabel(f"{m} (mean over layers)", fontsize=8)
+    for j in range(len(definitions)):  # the lowest panel shown in each column carries the step axis
+        low = max((i for i in range(len(metrics)) if axs[i, j].axison), default=None)
+        if low is not None: axs[low, j].set_xlabel("step"); axs[low, j].tick_params(labelbottom=True)
     axs[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
+# %% ../nbs/07_ablation.ipynb #d02bad01
 def plot_losses(summary: dict):
     "Validation loss (bits per byte) over training per variant, mean and min–max band over seeds."
     import matplotlib.pyplot as plt
@@ -916,7 +1011,7 @@ def plot_losses(summary: dict):
         x, ys = _aligned(runs, lambda r: (r["eval"]["step"], np.array(r["eval"]["val_loss"]) / math.log(2)))
         for ax in axs: _band(ax, x, ys, COLORS[v], LABELS[v])
     axs[0].set_ylabel("val bits per byte"); axs[0].set_xlabel("step"); axs[0].legend(fontsize=7)
-    axs[1].set_xlabel("step"); axs[1].set_title("last 60% of training", fontsize=9)
+    axs[1].set_xlabel("step"); axs[1].set_ylabel("val bits per byte"); axs[1].set_title("last 60% of training", fontsize=9)
     last = max(r["steps"] for r in summary["runs"].values())
     axs[1].set_xlim(0.4 * last, last * 1.01)
     ys = [np.array(r["eval"]["val_loss"]) / math.log(2) for r in summary["runs"].values()]
@@ -925,6 +1020,7 @@ def plot_losses(summary: dict):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/07_ablation.ipynb #d02bad02
 def plot_spectra(summary: dict, # from `summarize`
                  kinds=("meanfim", "ref", "query"), # mean FIM of all rows, reference sample, per-query
                 ):
@@ -953,6 +1049,7 @@ def plot_spectra(summary: dict, # from `summarize`
     fig.tight_layout()
     return fig
 
+# %% ../nbs/07_ablation.ipynb #d02bad03
 def plot_ra_layers(summary: dict, # from `summarize`
                    metrics=("eigmax", "energy_r16"), definition: str = "all"):
     "RA variants: reversed layers vs standard layers over training, against the same layers of the variant without RA."
@@ -965,7 +1062,7 @@ def plot_ra_layers(summary: dict, # from `summarize`
         rev = by[a][0]["reversed_layers"]
         std = [l for l in range(by[a][0]["n_layer"]) if l not in rev]
         for i, m in enumerate(metrics):
-            ax = axs[i, j]
+            ax, drawn = axs[i, j], []
             for v, layers, ls, name in ((a, rev, "-", f"{LABELS[a]} reversed {rev}"), (a, std, "--", f"{LABELS[a]} standard {std}"),
                                         (b, rev, "-", f"{LABELS[b]} layers {rev}"), (b, std, "--", f"{LABELS[b]} layers {std}")):
                 x, ys = _aligned(by[v], lambda r: _curve(r, definition, m, layers))
@@ -973,12 +1070,15 @@ def plot_ra_layers(summary: dict, # from `summarize`
                 if ys.size == 0: continue
                 ax.plot(x, np.nanmean(ys, 0), ls=ls, color=COLORS[v], label=name)
                 ax.fill_between(x, np.nanmin(ys, 0), np.nanmax(ys, 0), color=COLORS[v], alpha=0.12, lw=0)
-            if m in ("eigmax", "trace"): ax.set_yscale("log")
+                drawn.append(ys)
+            if m in ("eigmax", "trace"): _log_axis(ax, drawn, own_legend=i != 0)
             ax.set_title(f"{m} ({DEFINITIONS[definition]})", fontsize=9); ax.set_xlabel("step")
+            ax.set_ylabel(f"{m} (mean over the layers)", fontsize=8)
             if i == 0: ax.legend(fontsize=6.5)
     fig.tight_layout()
     return fig
 
+# %% ../nbs/07_ablation.ipynb #d02bad04
 def plot_kv_bytes(summary: dict):
     "KV-cache bytes per token (float32, all layers) against final validation bits per byte."
     import matplotlib.pyplot as plt
@@ -992,6 +1092,7 @@ def plot_kv_bytes(summary: dict):
     ax.legend(fontsize=7); fig.tight_layout()
     return fig
 
+# %% ../nbs/07_ablation.ipynb #d02bad05
 def plot_fim_layers(summary: dict, # from `summarize`
                     metric: str = "eigmax", # one of METRICS (REF_METRICS for the reference row)
                     definitions=("query", "mean", "ref", "all"), # one row each
@@ -1005,13 +1106,11 @@ def plot_fim_layers(summary: dict, # from `summarize`
     for i, d in enumerate(defs):
         for l in range(L):
             ax = axs[i, l]
-            for v, runs in by.items():
-                x, ys = _aligned(runs, lambda r: _curve(r, d, metric, [l]))
-                _band(ax, x, ys, COLORS[v], LABELS[v])
+            drawn = [_band(ax, *_aligned(runs, lambda r: _curve(r, d, metric, [l])), COLORS[v], LABELS[v]) for v, runs in by.items()]
             ax.set_title(f"layer {l} — {DEFINITIONS[d]}", fontsize=8)
-            if metric in ("eigmax", "trace"): ax.set_yscale("log")
+            if metric in ("eigmax", "trace"): _log_axis(ax, drawn, own_legend=(i, l) != (0, 0))
             if i == len(defs) - 1: ax.set_xlabel("step")
-        axs[i, 0].set_ylabel(metric)
+            ax.set_ylabel(f"{metric} (mean over heads)", fontsize=8)
     axs[0, 0].legend(fontsize=6)
     fig.tight_layout()
     return fig
@@ -1030,9 +1129,19 @@ def report(run_dir, # study folder written by `run_ablation` (or `fim-attention 
     (out / "summary.json").write_text(json.dumps(summary, allow_nan=False, separators=(",", ":")))
     rows = verdicts(summary)
     texts = {"table": table_markdown(summary), "seed_table": seed_table_markdown(summary), "verdicts": verdict_markdown(rows),
-             "claims": claim_summary(rows)}
+             "claims": claim_summary(rows)}  # "" when the study lacks the runs of every primary comparison
     if SB is not None: texts["budgets"] = budget_table_markdown(SB) + "\n\n" + budget_gap_markdown(SB)
-    for k, t in texts.items(): (out / f"{k}.md").write_text(t + "\n")
+    unfinished = sorted(k for k, r in summary["runs"].items() if not r["finished"])
+    partial = (f"**Partial study: {len(summary['runs']) - len(unfinished)} of {len(summary['runs'])} runs finished** "
+               f"(not finished: {', '.join(unfinished)}); the tables use the finished runs only. "
+               "`fim-attention ablate --resume` continues the others.") if unfinished else ""
+    if not texts["claims"]:
+        (out / "claims.md").unlink(missing_ok=True)  # nothing to say: no file (an older report's would mislead)
+        texts["claims"] = "No verdict per claim: the study lacks the runs of every primary comparison (RA+MLA vs MLA, MLA(+KVSplice) vs standard, KVSplice vs MLA)."
+        skip = {"claims"}
+    else: skip = set()
+    for k, t in texts.items():
+        if k not in skip: (out / f"{k}.md").write_text((partial + "\n\n" if partial else "") + t + "\n")
     (out / "verdicts.json").write_text(json.dumps([{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
                                                   for r in rows], indent=1))
     files = []
@@ -1048,8 +1157,9 @@ def report(run_dir, # study folder written by `run_ablation` (or `fim-attention 
         if SB is not None:
             fig = plot_budgets(SB)
             fig.savefig(out / "budgets.png", dpi=110); plt.close(fig); files.append(str(out / "budgets.png"))
-    return {"summary": summary, "verdicts": rows, **texts, "out": str(out), "plots": files}
+    return {"summary": summary, "verdicts": rows, **texts, "partial": partial, "out": str(out), "plots": files}
 
+# %% ../nbs/07_ablation.ipynb #88740101
 def throughput(variants=VARIANTS, # variants to time
                ab: AblationConfig | None = None, # the recipe (model size, batch)
                steps: int = 8, # timed optimiser steps per repeat
@@ -1057,15 +1167,15 @@ def throughput(variants=VARIANTS, # variants to time
                threads: int = 1, # torch threads
               ) -> list[dict]:
     "Training tokens/s per variant in one process, interleaved and median-of-repeats (fairer than per-run logs on a shared machine)."
-    ab = ab or AblationConfig()
+    t = (ab or AblationConfig()).train
     variants = check_variants(variants)
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (ab.batch_size, ab.block_size + 1), generator=g)
+    x = torch.randint(0, 256, (t.batch_size, t.model.block_size + 1), generator=g)
     models = {}
     for v in variants:
         torch.manual_seed(0)
-        m = GPT(GPTConfig(block_size=ab.block_size, n_layer=ab.n_layer, n_head=ab.n_head, n_embd=ab.n_embd, attn=v))
+        m = GPT(dataclasses.replace(t.model, attn=v))
         models[v] = (m, torch.optim.AdamW(m.parameters(), lr=1e-4))
     def step(v):
         m, opt = models[v]
@@ -1079,95 +1189,5 @@ def throughput(variants=VARIANTS, # variants to time
             times[v].append((time.perf_counter() - t0) / steps)
     base = float(np.median(times[variants[0]]))
     return [{"variant": LABELS[v], "s_per_step": float(np.median(times[v])),
-             "tokens_per_s": ab.batch_size * ab.block_size / float(np.median(times[v])),
+             "tokens_per_s": t.batch_size * t.model.block_size / float(np.median(times[v])),
              f"time vs {LABELS[variants[0]]}": float(np.median(times[v])) / base} for v in variants]
-
-# %% ../nbs/07_ablation.ipynb #642cee87
-def _list_arg(s: str) -> list[str]: return [x for x in s.replace(",", " ").split() if x]
-
-def add_ablate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Flags of `fim-attention ablate`."
-    parser.add_argument("--variants", default="all", type=str,
-                        help=f"comma-separated variants, or 'all' ({', '.join(VARIANTS)})")
-    parser.add_argument("--seeds", default="0,1,2", type=str, help="comma-separated training seeds (default 0,1,2)")
-    parser.add_argument("--steps", default=None, type=int, help=f"optimiser steps per run (default {AblationConfig.steps})")
-    parser.add_argument("--out", default="runs/ablation", help="study folder (default runs/ablation)")
-    parser.add_argument("--resume", action="store_true", help="skip finished runs, continue interrupted ones from their checkpoints")
-    parser.add_argument("--jobs", default=1, type=int, help="runs at once, each in its own process (default 1)")
-    parser.add_argument("--threads", default=1, type=int, help="torch threads per run (default 1)")
-    parser.add_argument("--no-report", action="store_true", help="do not write tables and plots at the end")
-    g = parser.add_argument_group("recipe (shared by every run)")
-    for f in dataclasses.fields(AblationConfig):
-        if f.name == "steps": continue
-        t = int if f.name == "warmup_steps" else (str if f.name == "data" else type(f.default))
-        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f"ab_{f.name}", type=t, default=None,
-                       help=f"default {f.default}" + (" (10%% of steps)" if f.name == "warmup_steps" else ""))
-    return parser
-
-def _usage(msg: str) -> int:
-    print(f"fim-attention: error: {msg}", file=sys.stderr); return 2
-
-def _writable_dir(path: Path) -> str | None:
-    "None if `path` can hold our files, else why not."
-    p = path
-    while not p.exists(): p = p.parent
-    if not p.is_dir(): return f"{p} is not a folder"
-    if not os.access(p, os.W_OK | os.X_OK): return f"cannot write into {p}"
-    return None
-
-def run_ablate(args: argparse.Namespace) -> int:
-    "`fim-attention ablate`: train the study (0 ok, 1 runtime failure or interrupted, 2 usage)."
-    try:
-        variants = list(VARIANTS) if args.variants.strip().lower() == "all" else check_variants(_list_arg(args.variants))
-        seeds = check_seeds(_list_arg(args.seeds))
-        over = {k[3:]: v for k, v in vars(args).items() if k.startswith("ab_") and v is not None}
-        ab = AblationConfig(**over, **({"steps": args.steps} if args.steps is not None else {}))
-        if args.jobs < 1 or args.threads < 1: raise ValueError(f"--jobs and --threads must be >= 1")
-    except (ValueError, TypeError) as e: return _usage(str(e))
-    out = Path(args.out)
-    why = _writable_dir(out)
-    if why: return _usage(f"output folder {out}: {why}")
-    if out.is_dir() and any(out.glob("*/log.jsonl")) and not args.resume:
-        return _usage(f"{out} already holds runs; pass --resume to continue them or choose another --out")
-    try:
-        run_ablation(variants, seeds, None, out, resume=args.resume, jobs=args.jobs, threads=args.threads, config=ab)
-    except KeyboardInterrupt as e:
-        print(f"fim-attention: interrupted ({e}); every run saved a checkpoint: rerun with --resume", file=sys.stderr); return 1
-    except ValueError as e: return _usage(str(e))
-    except Exception as e:
-        print(f"fim-attention: ablate failed: {type(e).__name__}: {e}", file=sys.stderr); return 1
-    if not args.no_report:
-        rep = report(out)
-        print(rep["table"]); print(); print(rep["verdicts"]); print(f"\nwritten: {rep['out']}")
-    return 0
-
-def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Flags of `fim-attention report`."
-    parser.add_argument("run_dir", help="study folder written by `fim-attention ablate` (or one run folder)")
-    parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
-    parser.add_argument("--no-plots", action="store_true", help="tables only")
-    parser.add_argument("--budgets", nargs="+", default=[], metavar="DIR",
-                        help="the same study run for other numbers of steps: adds how far from convergence it is "
-                             "(val loss per budget, fitted converged loss, steps to converge)")
-    return parser
-
-def run_report(args: argparse.Namespace) -> int:
-    "`fim-attention report RUN_DIR`: tables, verdicts and plots from finished runs (0 ok, 1 runtime failure, 2 usage)."
-    run_dir = Path(args.run_dir)
-    if not run_dir.is_dir(): return _usage(f"run folder not found: {run_dir}")
-    if not (run_dir / "log.jsonl").is_file() and not any(run_dir.glob("*/log.jsonl")):
-        return _usage(f"no runs under {run_dir} (expected */log.jsonl, as `fim-attention ablate` writes)")
-    for d in map(Path, args.budgets):
-        if not d.is_dir() or not any(d.glob("*/log.jsonl")): return _usage(f"--budgets: no runs under {d} (expected */log.jsonl)")
-    out = Path(args.out) if args.out else run_dir / "report"
-    why = _writable_dir(out)
-    if why: return _usage(f"output folder {out}: {why}")
-    try: rep = report(run_dir, out, plots=not args.no_plots, budgets=args.budgets)
-    except (ValueError, KeyError, json.JSONDecodeError) as e:
-        print(f"fim-attention: report failed for {run_dir}: {type(e).__name__}: {e}", file=sys.stderr); return 1
-    n_done = sum(r["finished"] for r in rep["summary"]["runs"].values())
-    print(f"{n_done} of {len(rep['summary']['runs'])} runs finished\n")
-    print(rep["seed_table"]); print(); print(rep["table"]); print(); print(rep["verdicts"]); print(); print(rep["claims"])
-    if "budgets" in rep: print("\nHow far from convergence (seed 0, each budget its own schedule):\n"); print(rep["budgets"])
-    print(f"\nwritten: {rep['out']}")
-    return 0

@@ -1,6 +1,6 @@
 """Tests of the ablation study: runner (smoke, resume, recipe guard), spectrum probe (oracle, RNG isolation),
-summaries, seed statistics, verdict rules and the `ablate` / `report` command-line functions."""
-import argparse
+summaries, seed statistics, verdict rules, reports and plots (the `ablate` / `report` verbs: tests/test_cli.py)."""
+import dataclasses
 import json
 import math
 
@@ -9,17 +9,22 @@ import pytest
 import torch
 from scipy import stats
 
-from fim_attention.ablation import (LABELS, VARIANTS, AblationConfig, SpectrumProbe, _direction, _equivalent, _rank_at,
-                                    add_ablate_arguments, add_report_arguments, check_seeds, check_variants, compare,
-                                    final_values, layer_spectra, report, run_ablate, run_ablation, run_finished,
-                                    run_report, seed_stats, summarize, train_config, verdicts, budget_fit, budget_fits,
+from fim_attention.ablation import (LABELS, VARIANTS, AblationConfig, SpectrumProbe, StudyInterrupted, _direction,
+                                    _equivalent, _log_axis, _rank_at, check_seeds, check_variants, compare, final_values,
+                                    layer_spectra, plot_fim_curves, report, run_ablation, run_finished, seed_stats,
+                                    study_recipe, summarize, train_config, verdicts, budget_fit, budget_fits,
                                     budget_gap_markdown, budget_table_markdown, by_budget)
+from fim_attention.model import GPTConfig
 from fim_attention.metrics import reference_metrics
 from fim_attention.oracle import scipy_eigvalsh, scipy_mean_fim_eigvalsh
 from fim_attention.training import read_log, train
 
-TINY = AblationConfig(steps=4, batch_size=4, block_size=32, n_layer=2, n_head=2, n_embd=32, eval_interval=2,
-                      eval_windows=4, fim_interval=2, fim_batch_size=2, fim_rows=8, probe_rows=8, ckpt_interval=0)
+TINY = AblationConfig(study_recipe(max_steps=4, warmup_steps=1, batch_size=4, eval_interval=2, eval_windows=4,
+                                  model=GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32), fim_interval=2,
+                                  fim_batch_size=2, fim_rows=8, ckpt_interval=0), probe_rows=8)
+OLD_RECIPE = {"steps": 2500, "batch_size": 16, "block_size": 128, "n_layer": 4, "n_head": 4, "n_embd": 128, "lr": 0.006,
+              "min_lr": 0.0006, "warmup_steps": None, "eval_interval": 100, "eval_windows": 128, "fim_interval": 250,
+              "fim_batch_size": 4, "fim_rows": 64, "probe_rows": 64, "ckpt_interval": 250, "data": None}  # study.json before
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +50,7 @@ def test_smoke_study_trains_logs_and_summarizes(smoke):
         ev = [r["event"] for r in read_log(out / name)]
         assert ev.count("spectra") == 3 and ev.count("fisher") == 3  # steps 0, 2, 4
     man = json.loads((out / "study.json").read_text())
-    assert man["config"]["steps"] == 4 and man["sessions"][-1]["wall_s"] > 0
+    assert man["config"]["train"]["max_steps"] == 4 and man["sessions"][-1]["wall_s"] > 0 and man["sessions"][-1]["pending"] == []
     s = summarize(out)
     a, b = s["runs"]["standard_s0"], s["runs"]["ra_mla_kvsplice_s0"]
     assert a["finished"] and b["finished"] and b["reversed_layers"] == [1] and a["reversed_layers"] == []
@@ -73,7 +78,7 @@ def test_subprocess_pool_runs_and_reports_failures(tmp_path):
     res = run_ablation(["mla"], [0, 1], out_dir=tmp_path / "ok", config=TINY, jobs=2, progress=False)
     assert sorted((r["seed"], r["returncode"]) for r in res) == [(0, 0), (1, 0)]
     assert all(run_finished(tmp_path / "ok" / f"mla_s{s}", 4) for s in (0, 1))
-    bad = AblationConfig(**{**TINY.to_dict(), "data": str(tmp_path / "missing.txt")})
+    bad = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, data=str(tmp_path / "missing.txt")))
     with pytest.raises(RuntimeError, match="runs failed"):
         run_ablation(["mla"], [0], out_dir=tmp_path / "bad", config=bad, jobs=2, progress=False)
 
@@ -103,16 +108,58 @@ def test_check_variants_and_seeds_normalise():
             check_seeds(bad)
 
 
-@pytest.mark.parametrize("kw", [dict(steps=0), dict(warmup_steps=10, steps=10), dict(fim_interval=-1), dict(n_embd=1.5)])
+@pytest.mark.parametrize("kw", [dict(variants=("rra",)), dict(seeds=(-1,)), dict(seeds=()), dict(probe_rows=0),
+                                dict(probe_rows=True)])
 def test_config_rejects(kw):
     with pytest.raises(ValueError):
         AblationConfig(**kw)
+
+
+def test_config_rejects_bad_recipe():
+    "The recipe's checks are TrainConfig's own (no second copy): steps < 1, a negative interval."
+    for kw in (dict(max_steps=0), dict(fim_interval=-1)):
+        with pytest.raises(ValueError):
+            AblationConfig(study_recipe(**kw))
+    with pytest.raises(ValueError):
+        AblationConfig().with_steps(0)
 
 
 def test_train_config_matches_recipe():
     cfg = train_config("mla_kvsplice", 7, AblationConfig(), "/tmp/x")
     assert (cfg.max_steps, cfg.warmup_steps, cfg.batch_size, cfg.seed, cfg.lr, cfg.min_lr) == (2500, 250, 16, 7, 6e-3, 6e-4)
     assert cfg.model.attn == "mla_kvsplice" and cfg.out_dir.endswith("mla_kvsplice_s7")
+    assert (cfg.log_interval, cfg.tensorboard, cfg.eval_interval, cfg.fim_interval, cfg.ckpt_interval) == (10, False, 100, 250, 250)
+
+
+def test_config_reads_the_stored_flat_recipe():
+    "Regression: studies stored before the TrainConfig layout (flat `steps`, `n_layer`, ...) are the same study."
+    old = AblationConfig.from_dict(OLD_RECIPE)
+    assert old.recipe() == AblationConfig().recipe() and old.train == AblationConfig().train
+    assert AblationConfig.from_dict({**OLD_RECIPE, "steps": 1000}).train.warmup_steps == 100  # None meant 10% of steps
+    assert AblationConfig.from_dict({**OLD_RECIPE, "warmup_steps": 7}).train.warmup_steps == 7
+    assert AblationConfig.from_dict(json.loads(json.dumps(TINY.to_dict()))) == TINY
+    with pytest.raises(ValueError, match="unknown recipe fields"):
+        AblationConfig.from_dict({"stepz": 3})
+    # what every run of the old recipe trained with, field by field (the 15 fields the old train_config mapped)
+    t = train_config("ra", 1, old, "o")
+    assert (t.max_steps, t.batch_size, t.lr, t.min_lr, t.warmup_steps, t.eval_interval, t.eval_windows, t.log_interval,
+            t.ckpt_interval, t.tensorboard, t.fim_interval, t.fim_batch_size, t.fim_rows, t.data, t.model) == \
+        (2500, 16, 6e-3, 6e-4, 250, 100, 128, 10, 250, False, 250, 4, 64, None,
+         GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128, attn="ra"))
+
+
+def test_resume_accepts_a_study_stored_in_the_flat_format(smoke, tmp_path):
+    import shutil
+    out, _ = smoke
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    man = json.loads((old / "study.json").read_text())
+    man["config"] = {"steps": 4, "batch_size": 4, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32, "lr": 6e-3,
+                     "min_lr": 6e-4, "warmup_steps": None, "eval_interval": 2, "eval_windows": 4, "fim_interval": 2,
+                     "fim_batch_size": 2, "fim_rows": 8, "probe_rows": 8, "ckpt_interval": 0, "data": None}
+    (old / "study.json").write_text(json.dumps(man))
+    again = run_ablation(["standard", "ra_mla_kvsplice"], [0], out_dir=old, config=TINY, progress=False)
+    assert all(r.get("skipped") for r in again)
 
 
 # ---------------------------------------------------------------- probe against the oracle
@@ -245,43 +292,50 @@ def test_report_writes_tables_and_plots(smoke, tmp_path):
     assert "| standard | 1 |" in rep["table"] and "RA+MLA+KVSplice" in rep["table"]
 
 
-def _ns(add, argv):
-    return add(argparse.ArgumentParser()).parse_args(argv)
-
-
-def test_cli_report(smoke, tmp_path, capsys):
+def test_report_says_when_runs_are_unfinished_and_writes_no_empty_claims(smoke, tmp_path):
+    "Regression: a partial study's tables say so at the top; claims.md is not written when no claim can be judged."
+    import shutil
     out, _ = smoke
-    assert run_report(_ns(add_report_arguments, [str(out), "--no-plots", "--out", str(tmp_path / "r")])) == 0
-    assert "2 of 2 runs finished" in capsys.readouterr().out
-    assert run_report(_ns(add_report_arguments, [str(tmp_path / "missing")])) == 2
-    (tmp_path / "empty").mkdir()
-    assert run_report(_ns(add_report_arguments, [str(tmp_path / "empty")])) == 2
-    assert "no runs under" in capsys.readouterr().err
+    part = tmp_path / "part"
+    shutil.copytree(out, part)
+    log = part / "standard_s0" / "log.jsonl"
+    log.write_text("".join(l for l in log.read_text().splitlines(True) if '"event": "end"' not in l and '"event":"end"' not in l))
+    (part / "report").mkdir(exist_ok=True); (part / "report" / "claims.md").write_text("stale\n")
+    rep = report(part, plots=False)
+    assert "Partial study: 1 of 2 runs finished" in rep["partial"] and "standard_s0" in rep["partial"]
+    for f in ("table.md", "seed_table.md", "verdicts.md"):
+        assert (part / "report" / f).read_text().startswith("**Partial study: 1 of 2 runs finished**"), f
+    assert not (part / "report" / "claims.md").exists() and "No verdict per claim" in rep["claims"]
+    full = report(out, tmp_path / "full", plots=False)
+    assert full["partial"] == "" and (tmp_path / "full" / "table.md").read_text().startswith("| variant")
 
 
-def test_cli_ablate_usage_errors(smoke, tmp_path, capsys):
+def test_fim_curves_label_every_axis(smoke):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     out, _ = smoke
-    assert run_ablate(_ns(add_ablate_arguments, ["--variants", "rra", "--out", str(tmp_path / "a")])) == 2
-    assert "unknown variant" in capsys.readouterr().err
-    assert run_ablate(_ns(add_ablate_arguments, ["--seeds", "x", "--out", str(tmp_path / "a")])) == 2
-    assert run_ablate(_ns(add_ablate_arguments, ["--steps", "0", "--out", str(tmp_path / "a")])) == 2
-    assert run_ablate(_ns(add_ablate_arguments, ["--variants", "mla", "--out", str(out)])) == 2  # holds runs, no --resume
-    assert "--resume" in capsys.readouterr().err
-    (tmp_path / "file").write_text("x")
-    assert run_ablate(_ns(add_ablate_arguments, ["--out", str(tmp_path / "file" / "sub")])) == 2
-    assert "not a folder" in capsys.readouterr().err
+    fig = plot_fim_curves(summarize(out))
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert shown and all(ax.get_ylabel() for ax in shown)
+    for j in range(4):  # each column's lowest shown panel names the step axis (the reference has no eff_rank row)
+        col = [ax for ax in fig.axes[j::4] if ax.axison]
+        assert col[-1].get_xlabel() == "step", j
+    plt.close(fig)
 
 
-def test_cli_ablate_runs_and_resumes(tmp_path, capsys):
-    argv = ["--variants", "standard,mla", "--seeds", "0", "--steps", "4", "--out", str(tmp_path / "s"), "--no-report"]
-    tiny = ["--batch-size", "4", "--block-size", "32", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
-            "--eval-interval", "2", "--eval-windows", "4", "--fim-interval", "2", "--fim-batch-size", "2",
-            "--fim-rows", "8", "--probe-rows", "8", "--ckpt-interval", "0"]
-    assert run_ablate(_ns(add_ablate_arguments, argv + tiny)) == 0
-    assert run_finished(tmp_path / "s" / "mla_s0", 4)
-    assert run_ablate(_ns(add_ablate_arguments, argv + tiny + ["--resume"])) == 0
-    assert run_ablate(_ns(add_ablate_arguments, argv[:-1] + tiny + ["--resume"])) == 0  # with the report
-    assert "| MLA |" in capsys.readouterr().out
+def test_log_axis_clips_an_outlier_and_says_so():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    v = np.r_[np.geomspace(1.0, 10.0, 99), 1e12]  # one cond-like outlier
+    ax.plot(np.arange(100), v)
+    assert _log_axis(ax, [v]) and ax.get_ylim()[1] < 100
+    assert "clipped to 1–99th percentile (1 of 100 values outside)" in ax.get_legend().get_texts()[0].get_text()
+    fig2, ax2 = plt.subplots()
+    assert not _log_axis(ax2, [np.geomspace(1.0, 10.0, 100)]) and ax2.get_legend() is None and ax2.get_yscale() == "log"
+    plt.close(fig); plt.close(fig2)
 
 
 # ---------------------------------------------------------------- budget scaling (how far from convergence)
@@ -388,23 +442,15 @@ def test_budget_tables():
     assert "< 3 budgets" in budget_table_markdown(two)
 
 
-def test_cli_report_with_budgets(smoke, tmp_path, capsys):
-    import dataclasses
-    import shutil
-    out, _ = smoke
-    other = tmp_path / "longer"
-    run_ablation(["standard", "ra_mla_kvsplice"], [0], out_dir=other, config=dataclasses.replace(TINY, steps=6), progress=False)
-    assert run_report(_ns(add_report_arguments, [str(out), "--no-plots", "--out", str(tmp_path / "r"), "--budgets", str(other)])) == 0
-    o = capsys.readouterr().out
-    assert "How far from convergence" in o and "| variant | 4 | 6 |" in o and "< 3 budgets" in o
-    assert "| 4 | 6 |" in (tmp_path / "r" / "budgets.md").read_text()
-    rep = report(out, tmp_path / "p", budgets=[other])
-    assert (tmp_path / "p" / "budgets.png").stat().st_size > 0 and "| standard |" in rep["budgets"]
-    assert run_report(_ns(add_report_arguments, [str(out), "--budgets", str(tmp_path / "missing")])) == 2
-    assert "--budgets: no runs under" in capsys.readouterr().err
-    odd = tmp_path / "odd"  # the same runs, but the manifest says another learning rate
-    shutil.copytree(other, odd)
-    man = json.loads((odd / "study.json").read_text()); man["config"]["lr"] = 1.0
-    (odd / "study.json").write_text(json.dumps(man))
-    assert run_report(_ns(add_report_arguments, [str(out), "--no-plots", "--out", str(tmp_path / "q"), "--budgets", str(odd)])) == 1
-    assert "differ in more than their budget: lr" in capsys.readouterr().err
+def test_layer_spectra_draws_its_rows_as_before():
+    "Regression (stored study): the per-query rows, now chosen by probe.Rows, are the draw the study's runs used."
+    from fim_attention.spectrum import fim_eigvalsh
+    p = _causal_probs(3, 2, 20, 5)
+    B, H, T, _ = p.shape
+    out = layer_spectra(p, 16, torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    reference_metrics(p.float(), n_samples=16, generator=g)  # the reference sample comes first from the same generator
+    pick = torch.rand(H, B * T, generator=g).argsort(-1)[:, :16]  # the old code's draw
+    rows = p.double().transpose(0, 1).reshape(H, B * T, T)
+    lam = fim_eigvalsh(rows.gather(1, pick[..., None].expand(H, 16, T)), normalize=True)
+    assert torch.equal(out["query_eig"], lam.nanmean(1))
