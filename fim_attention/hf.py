@@ -12,8 +12,6 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .metrics import fim_metrics
-
 # %% auto #0
 __all__ = ['MODELS', 'LOG_METRICS', 'ModelSpec', 'ModelNotInstalled', 'model_path', 'cache_dir', 'gguf_cache_ready', 'load_gguf',
            'load_pretrained', 'attention_probs', 'shakespeare_text', 'read_text', 'text_windows', 'Atlas',

@@ -180,6 +180,19 @@ def _nterms(u, ntab, bi):
     bi[0] = u                                                    # bi: a 1-element float64 buffer, viewed as int64 below
     return ntab[(bi.view(np.int64)[0] >> 52) & 0x7FF]
 
+# %% ../nbs/01b_kernel.ipynb #f34e6b7f
+@njit(**_JIT)
+def _series_table(K, thr):
+    "For each biased exponent e, the terms (<= K) a series in u < 2^(e - 1022) needs before u^n falls below thr."
+    ntab = np.empty(2048, dtype=np.int64)
+    for e in range(2048):
+        v = 2.0 ** min(e - 1022, 0); n = 1; q = v
+        while n < K and q > thr:
+            q *= v; n += 1
+        ntab[e] = n
+    return ntab
+
+
 # %% ../nbs/01b_kernel.ipynb #810249d7
 @njit(**_JIT)
 def _power_sums_into(S, j0, j1, scale, above, K, ntab, out, blk, err):
@@ -347,20 +360,10 @@ def topk_rows(P, ok, k, exact, f32, eps, K, max_iter, out, iters, nchunk, rho_t=
     "Top-k FIM eigenvalues (tau = 1) of every row of P (R, T), float32 or float64, into out (R, k); iterations into iters."
     R, T = P.shape
     thr = _RHO ** K
-    ntab = np.empty(2048, dtype=np.int64)                        # series terms for u < 2^(e - 1022), e the biased exponent
-    for e in range(2048):
-        v = 2.0 ** min(e - 1022, 0); n = 1; q = v
-        while n < K and q > thr:
-            q *= v; n += 1
-        ntab[e] = n
+    ntab = _series_table(K, thr)                                # series terms for u < 2^(e - 1022), e the biased exponent
     K_t = int(math.ceil(math.log(eps / 4) / math.log(rho_t)))   # the tiles' own rho: a narrower window, a longer series
     thr_t = rho_t ** K_t
-    ntab_t = np.empty(2048, dtype=np.int64)
-    for e in range(2048):
-        v = 2.0 ** min(e - 1022, 0); n = 1; q = v
-        while n < K_t and q > thr_t:
-            q *= v; n += 1
-        ntab_t[e] = n
+    ntab_t = _series_table(K_t, thr_t)
     KK = max(K, K_t)
     per = (R + nchunk - 1) // nchunk
     for c in prange(nchunk):                                     # one scratch set per chunk of rows
@@ -394,12 +397,7 @@ def lambda_min_rows(P, ok, exact, f32, eps, max_iter, out, nchunk, rho_t=0.5):
     R, T = P.shape
     K_t = int(math.ceil(math.log(eps / 4) / math.log(rho_t)))
     thr_t = rho_t ** K_t
-    ntab_t = np.empty(2048, dtype=np.int64)
-    for e in range(2048):
-        v = 2.0 ** min(e - 1022, 0); n = 1; q = v
-        while n < K_t and q > thr_t:
-            q *= v; n += 1
-        ntab_t[e] = n
+    ntab_t = _series_table(K_t, thr_t)
     per = (R + nchunk - 1) // nchunk
     for c in prange(nchunk):
         w = np.empty(T); S = np.empty(T + 1); D = np.empty(T + 1); W = np.empty(T + 1); PD = np.empty(T + 1)
