@@ -21,14 +21,18 @@ from .sharpness import (adam_stability_threshold, attention_fisher_sharpness, lo
 from .training import Callback, TrainConfig, Trainer
 
 # %% auto #0
-__all__ = ['is_divergent', 'DivergenceCallback', 'SharpnessCallback', 'lr_grid', 'read_sweep', 'lr_sweep', 'largest_stable_lr']
+__all__ = ['DIVERGENCE_MARGIN', 'is_divergent', 'DivergenceCallback', 'SharpnessCallback', 'lr_grid', 'read_sweep', 'lr_sweep',
+           'largest_stable_lr']
 
 # %% ../nbs/11a_lr_stability.ipynb #39cfb17d
+DIVERGENCE_MARGIN = 1.0  # nats/token above the initial loss; batch noise at initialisation is ~0.01-0.05
+
 def is_divergent(loss: float, # a training loss (nats/token)
                  initial_loss: float, # the validation loss at initialisation (about ln 256 for bytes)
+                 margin: float = DIVERGENCE_MARGIN, # how far above initial_loss counts as worse than no training
                 ) -> bool:
-    "Divergence: a loss that is not finite, or above the loss at initialisation (training ended up worse than it began)."
-    return not math.isfinite(loss) or loss > initial_loss
+    "Divergence: a loss that is not finite, or more than `margin` above the loss at initialisation."
+    return not math.isfinite(loss) or loss > initial_loss + margin
 
 class DivergenceCallback(Callback):
     "Stop a run at the first logged training loss that `is_divergent`, and say when and why."
@@ -42,7 +46,7 @@ class DivergenceCallback(Callback):
         self.max_loss = max(self.max_loss, loss) if math.isfinite(loss) else math.inf
         if is_divergent(loss, self.initial_loss):
             self.diverged_at = trainer.step
-            self.reason = "non-finite loss" if not math.isfinite(loss) else f"loss {loss:.3f} > initial {self.initial_loss:.3f}"
+            self.reason = "non-finite loss" if not math.isfinite(loss) else f"loss {loss:.3f} > initial {self.initial_loss:.3f} + {DIVERGENCE_MARGIN:g}"
             trainer.should_stop = True
     def state_dict(self): return {"diverged_at": self.diverged_at, "reason": self.reason,
                                   "initial_loss": self.initial_loss, "max_loss": self.max_loss}

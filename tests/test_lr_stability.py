@@ -25,8 +25,13 @@ def base(**kw):
 
 def test_is_divergent():
     assert is_divergent(math.nan, 5.5) and is_divergent(math.inf, 5.5) and is_divergent(-math.inf, 5.5)
-    assert is_divergent(5.500001, 5.5)
-    assert not is_divergent(5.5, 5.5) and not is_divergent(0.1, 5.5)
+    assert is_divergent(6.500001, 5.5) and is_divergent(5.500001, 5.5, margin=0.0)
+    assert not is_divergent(6.5, 5.5) and not is_divergent(0.1, 5.5)
+
+
+def test_is_divergent_first_batch_noise():
+    "Regression (CI): a healthy run whose first training batch was 0.01 nat above the initial validation loss was called divergent."
+    assert not is_divergent(5.539, 5.529)
 
 
 def test_lr_grid():
