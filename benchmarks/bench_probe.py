@@ -59,7 +59,7 @@ def one(backend: str, T: int, rows: int, threads: int) -> dict:
     if backend == "eager":
         def run(batch):
             probe = Probe(**opts)
-            with torch.no_grad(): out = model(**batch, output_attentions=True)
+            with torch.no_grad(): out = model(**batch, output_attentions=True, **hf.attention_only(model))
             for l, p in enumerate(out.attentions): probe.update(l, p)
             del out
             return probe
@@ -67,7 +67,7 @@ def one(backend: str, T: int, rows: int, threads: int) -> dict:
         model.set_attn_implementation("sdpa")
         def run(batch):
             with attach(model, **opts) as probe:
-                with torch.no_grad(): model(**batch)
+                with torch.no_grad(): model(**batch, **hf.attention_only(model))
             return probe
     run(warm)
     import gc; gc.collect()

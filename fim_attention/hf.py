@@ -14,8 +14,8 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['MODELS', 'LOG_METRICS', 'ModelSpec', 'ModelNotInstalled', 'model_path', 'cache_dir', 'gguf_cache_ready', 'load_gguf',
-           'load_pretrained', 'attention_probs', 'shakespeare_text', 'read_text', 'text_windows', 'Atlas',
-           'ContextTooLong', 'max_positions', 'check_max_len', 'model_label', 'atlas']
+           'load_pretrained', 'attention_only', 'attention_probs', 'shakespeare_text', 'read_text', 'text_windows',
+           'Atlas', 'ContextTooLong', 'max_positions', 'check_max_len', 'model_label', 'atlas']
 
 # %% ../nbs/08_pretrained_atlas.ipynb #8a075775
 @dataclass(frozen=True)
@@ -208,6 +208,15 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 @torch.no_grad()
+def attention_only(model) -> dict:
+    "Forward keywords for a pass that is run for its attention only: `logits_to_keep=1` where the model takes it."
+    # A causal LM head projects every position onto the vocabulary: at T = 8,192 SmolLM2's logits alone are
+    # 8,192 x 49,152 x 4 bytes = 1.5 GiB, none of which the FIM needs. Models without the argument (encoders) get nothing.
+    import inspect
+    try: params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError): return {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
 def attention_probs(model, # a model from `load_pretrained` (eager attention)
                     tokenizer, # its tokenizer
                     texts:str|Sequence[str]|Mapping, # strings, or a mapping with input_ids/attention_mask (B, T)
@@ -220,7 +229,7 @@ def attention_probs(model, # a model from `load_pretrained` (eager attention)
     dev = _device(model)
     ids, am = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
     if ids.shape[1] == 0: raise ValueError("no tokens to run: every text is empty")
-    out = model(input_ids=ids, attention_mask=am, output_attentions=True, return_dict=True)
+    out = model(input_ids=ids, attention_mask=am, output_attentions=True, return_dict=True, **attention_only(model))
     atts = getattr(out, "attentions", None)
     if not atts or any(a is None for a in atts):
         raise RuntimeError(f"{type(model).__name__} returned no attention probabilities; load it with attn_implementation='eager'")
@@ -526,7 +535,7 @@ def atlas(model, # a model from `load_pretrained`
         with attach(model, probe, base="sdpa"):
             for i in batches:
                 b = {k: x[i:i + batch_size].to(dev) for k, x in enc.items()}
-                with torch.no_grad(): model(**b)
+                with torch.no_grad(): model(**b, **attention_only(model))
         secs["probe"] = time.perf_counter() - t_all               # forward and metrics interleave, layer by layer
     else:
         secs.update(forward=0.0, metrics=0.0)

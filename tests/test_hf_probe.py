@@ -231,3 +231,51 @@ def test_trainer_callback_logs_through_tensorboard_and_leaves_training_alone(tmp
 def test_trainer_callback_wrong_inputs():
     with pytest.raises(ValueError, match="interval"): FisherTrainerCallback(None, dict(input_ids=torch.zeros(1, 2)), interval=0)
     with pytest.raises(ValueError, match="input_ids"): FisherTrainerCallback(None, torch.zeros(1, 2))
+
+
+# ---------------------------------------------------------------- long context: rows, never maps
+LONG_CHILD = """
+import json, resource, sys, torch
+torch.set_num_threads(1)
+from transformers import LlamaConfig, LlamaForCausalLM
+from fim_attention.hf import attention_only
+from fim_attention.hf_probe import attach
+from fim_attention.probe import Probe
+backend, T = sys.argv[1], int(sys.argv[2])
+torch.manual_seed(0)
+model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=T)).eval()
+ids = torch.randint(0, 97, (1, T), generator=torch.Generator().manual_seed(1))
+opts = dict(modes=("query",), rows=8, full_spectrum=False, seed=0, max_bytes=4 * 2**20)
+model.set_attn_implementation("sdpa" if backend == "probe" else "eager")
+with attach(model, **opts): model(ids[:, :16], **attention_only(model))           # warm up: kernel, thread pool
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
+base = rss(); peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with torch.no_grad():
+    if backend == "probe":
+        with attach(model, **opts) as pr: model(ids, **attention_only(model))
+    else:
+        out = model(ids, output_attentions=True, **attention_only(model))
+        pr = Probe(**opts)
+        for l, p in enumerate(out.attentions): pr.update(l, p)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps(dict(extra=peak - max(base, peak0), per_head={k: v.tolist() for k, v in pr.per_head().items()})))
+"""
+
+
+def test_long_context_holds_rows_not_maps():
+    "Issue 12: at T = 4,096 the probe's extra memory is a chunk of rows (O(chunk T)), eager's every layer's (H, T, T) map; same metrics."
+    import json, subprocess, sys
+    T, MiB = 4096, 2**20
+    res = {}
+    for backend in ("probe", "eager"):
+        r = subprocess.run([sys.executable, "-c", LONG_CHILD, backend, str(T)], capture_output=True, text=True, timeout=600,
+                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(__import__("pathlib").Path.home()),
+                                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        assert r.returncode == 0, r.stderr[-2000:]
+        res[backend] = json.loads(r.stdout.strip().splitlines()[-1])
+    maps = 2 * 4 * T * T * 4                                                   # layers x heads x T x T float32: 512 MiB
+    assert res["eager"]["extra"] > 0.75 * maps, res["eager"]["extra"] / MiB
+    assert res["probe"]["extra"] < 4 * MiB + 48 * MiB, res["probe"]["extra"] / MiB    # budget + slack, < 10% of the maps
+    for k, v in res["probe"]["per_head"].items():                               # the same 8 sampled rows per head
+        assert_close(torch.tensor(v), torch.tensor(res["eager"]["per_head"][k]), rtol=1e-4, atol=0, equal_nan=True, msg=k)
