@@ -22,7 +22,10 @@ from .data import load_corpus, Corpus, BatchSampler, encode, decode
 from .training import TrainConfig, train, Trainer, Callback, FisherMetricsCallback, read_log, load_checkpoint
 
 # %% ../nbs/10_api.ipynb #cbe8edb8
-from .ablation import AblationConfig, run_ablation, summarize, report
+from .study.recipe import AblationConfig
+from .study.runner import run_ablation
+from .study.summary import summarize
+from .study.report import report
 from .hf import load_pretrained, attention_probs, text_windows, atlas, Atlas
 
 # %% ../nbs/10_api.ipynb #e435ccb0

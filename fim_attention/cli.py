@@ -367,7 +367,7 @@ DEMO_ABLATION = dict(variants=("standard", "ra_mla"), seed=0, steps=60,
 
 def demo_ablation_config(steps:int): # optimiser steps per run
     "The `AblationConfig` of the demo's short ablation: the study's recipe at `steps` steps and the demo's learning rate."
-    from fim_attention.ablation import AblationConfig, study_recipe
+    from fim_attention.study.recipe import AblationConfig, study_recipe
     lr = DEMO_ABLATION["lr"]
     return AblationConfig(study_recipe(max_steps=steps, warmup_steps=max(1, steps // 10), lr=lr, min_lr=lr / 10,
                                        eval_interval=max(1, steps // 2), fim_interval=max(1, steps // 2), eval_windows=32),
@@ -381,7 +381,9 @@ def _resume_hint(args, flag:str|None="--resume") -> str:
 
 def _demo_ablation(args, out:Path) -> int:
     "The short ablation of the demo: train two variants briefly, then print the study's table from the logs."
-    from fim_attention.ablation import AblationConfig, StudyInterrupted, run_ablation, report
+    from fim_attention.study.recipe import AblationConfig
+    from fim_attention.study.runner import StudyInterrupted, run_ablation
+    from fim_attention.study.report import report
     steps = args.ablation_steps
     cfg = demo_ablation_config(steps)
     ab_out = out / "ablation"
@@ -461,7 +463,7 @@ register(Verb("train", "train one byte-level GPT with FIM metrics logging (resum
 _STUDY_SET = ("train.model.attn", "train.seed", "train.out_dir", "train.resume", "train.overwrite", "train.progress")
 
 def _ablate_args(p:argparse.ArgumentParser):
-    from fim_attention.ablation import AblationConfig
+    from fim_attention.study.recipe import AblationConfig
     p.add_argument("--out", default="runs/ablation", metavar="DIR", help="study folder (default runs/ablation)")
     p.add_argument("--resume", action="store_true", help="skip finished runs, continue interrupted ones from their checkpoints")
     p.add_argument("--overwrite", action="store_true", help="replace the runs and the manifest already in --out")
@@ -474,8 +476,9 @@ def _ablate_args(p:argparse.ArgumentParser):
                             "variants": "comma-separated attention variants, or all"})
 
 def _ablate(args) -> int:
-    from fim_attention import ablation as A
-    ab = config_from_args(args, A.AblationConfig())
+    from fim_attention.study.recipe import AblationConfig
+    from fim_attention.study import runner as R
+    ab = config_from_args(args, AblationConfig())
     if given(args, "train.max_steps") and not given(args, "train.warmup_steps"): ab = ab.with_steps(ab.train.max_steps)
     check_device(ab.train.device)
     if args.resume and args.overwrite: raise UsageError("--resume and --overwrite exclude each other")
@@ -489,16 +492,17 @@ def _ablate(args) -> int:
         print(f"ablate -> {out}: {len(ab.variants)} variants x {len(ab.seeds)} seeds = {n} runs of {ab.train.max_steps} steps; "
               f"{args.jobs} at a time, {threads} thread(s) each ({os.cpu_count()} cores)", file=sys.stderr, flush=True)
     try:
-        A.run_ablation(out_dir=out, resume=args.resume, jobs=args.jobs, threads=threads, config=ab,
+        R.run_ablation(out_dir=out, resume=args.resume, jobs=args.jobs, threads=threads, config=ab,
                        progress=not args.no_progress, overwrite=args.overwrite)
     except KeyboardInterrupt as e:  # StudyInterrupted, or a signal between two runs
-        fin, pend = (e.finished, e.pending) if isinstance(e, A.StudyInterrupted) else \
-            A._progress(out, [(v, s) for s in ab.seeds for v in ab.variants], ab.train.max_steps)
+        fin, pend = (e.finished, e.pending) if isinstance(e, R.StudyInterrupted) else \
+            R._progress(out, [(v, s) for s in ab.seeds for v in ab.variants], ab.train.max_steps)
         raise Interrupted(getattr(e, "signum", signal.SIGINT), f"{len(fin)} of {len(fin) + len(pend)} runs finished, no report "
                                     f"written; every started run saved a checkpoint; {_resume_hint(args)}") from None
     except ValueError as e: raise UsageError(str(e)) from None  # e.g. --out holds a study with another recipe
     if not args.no_report:
-        rep = A.report(out)
+        from fim_attention.study.report import report
+        rep = report(out)
         print(rep["table"]); print(); print(rep["verdicts"]); print(f"\nwritten: {rep['out']}")
     return 0
 
@@ -511,7 +515,7 @@ def _report_args(p:argparse.ArgumentParser):
                         "(val loss per budget, fitted converged loss, steps to converge)")
 
 def _report(args) -> int:
-    from fim_attention import ablation as A
+    from fim_attention.study.report import report
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir(): raise UsageError(f"run folder not found: {run_dir}")
     if not (run_dir / "log.jsonl").is_file() and not any(run_dir.glob("*/log.jsonl")):
@@ -519,7 +523,7 @@ def _report(args) -> int:
     for d in map(Path, args.budgets):
         if not d.is_dir() or not any(d.glob("*/log.jsonl")): raise UsageError(f"--budgets: no runs under {d} (expected */log.jsonl)")
     out = writable_dir(Path(args.out) if args.out else run_dir / "report")
-    try: rep = A.report(run_dir, out, plots=not args.no_plots, budgets=args.budgets)
+    try: rep = report(run_dir, out, plots=not args.no_plots, budgets=args.budgets)
     except (ValueError, KeyError, json.JSONDecodeError) as e:
         raise RuntimeError(f"report failed for {run_dir}: {type(e).__name__}: {e}") from None
     n_done = sum(r["finished"] for r in rep["summary"]["runs"].values())
@@ -538,7 +542,7 @@ register(Verb("report", "tables, verdicts and plots from the JSONL logs of finis
 # %% ../nbs/09_cli.ipynb #6f108b59
 def sweep_recipe(**kw):
     "The `TrainConfig` every run of the default sweep shares: the study's recipe at 200 steps (20 of warm-up); `kw` overrides."
-    from fim_attention.ablation import study_recipe
+    from fim_attention.study.recipe import study_recipe
     return study_recipe(**{**dict(max_steps=200, warmup_steps=20, eval_interval=100, ckpt_interval=100, fim_interval=100), **kw})
 
 @dataclass
@@ -557,7 +561,7 @@ class SweepConfig:
     sharpness_max_iter: int = 100  # most operator products per sharpness eigenvalue
 
     def __post_init__(self):
-        from fim_attention.ablation import check_seeds, check_variants
+        from fim_attention.study.recipe import check_seeds, check_variants
         self.variants, self.seeds = tuple(check_variants(self.variants)), tuple(check_seeds(self.seeds))
         if not 0 < self.lr_min < self.lr_max: raise ValueError(f"need 0 < lr_min < lr_max, got lr_min={self.lr_min}, lr_max={self.lr_max}")
         if self.n_lr < 2: raise ValueError(f"n_lr must be >= 2 (both ends of the grid), got {self.n_lr}")

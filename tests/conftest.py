@@ -1,4 +1,4 @@
-"""pytest setup shared by tests/: a `slow` marker, skipped unless --runslow (or FIM_RUNSLOW=1)."""
+"""pytest setup shared by tests/: a `slow` marker, skipped unless --runslow (or FIM_RUNSLOW=1); the study's smoke run."""
 import os
 
 import pytest
@@ -19,3 +19,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def study_smoke(tmp_path_factory):
+    "Two variants x one seed of a toy study (tests/study_common.py's TINY), trained once for the session: (folder, results)."
+    from fim_attention.study.runner import run_ablation
+    from study_common import TINY
+    out = tmp_path_factory.mktemp("study") / "study"
+    return out, run_ablation(["standard", "ra_mla_kvsplice"], [0], out_dir=out, config=TINY, progress=False)

@@ -383,12 +383,12 @@ def test_train_interrupted_by_sigterm_exits_143_with_resume_command(tmp_path):
     assert (out / "ckpt.pt").is_file()
 
 
-# ---------------------------------------------------------------- ablate and report (moved from tests/test_ablation.py)
+# ---------------------------------------------------------------- ablate and report (the study's own tests: tests/test_study_*.py)
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     "Two variants x one seed of a toy model, trained once for the module."
-    from test_ablation import TINY as TINY_CONFIG
-    from fim_attention.ablation import run_ablation
+    from study_common import TINY as TINY_CONFIG
+    from fim_attention.study.runner import run_ablation
     out = tmp_path_factory.mktemp("abl") / "study"
     run_ablation(["standard", "ra_mla_kvsplice"], [0], out_dir=out, config=TINY_CONFIG, progress=False)
     return out
@@ -418,7 +418,7 @@ def test_cli_ablate_usage_errors(smoke, tmp_path, capsys):
 
 
 def test_cli_ablate_runs_and_resumes(tmp_path, capsys):
-    from fim_attention.ablation import run_finished
+    from fim_attention.study.runner import run_finished
     argv = ["ablate", "--variants", "standard,mla", "--seeds", "0", "--max-steps", "4", "--out", str(tmp_path / "s"), "--no-report",
             "--no-progress"]
     tiny = TINY + ["--probe-rows", "8"]
@@ -435,8 +435,9 @@ def test_cli_ablate_runs_and_resumes(tmp_path, capsys):
 
 def test_cli_report_with_budgets(smoke, tmp_path, capsys):
     import shutil
-    from test_ablation import TINY as TINY_CONFIG
-    from fim_attention.ablation import report, run_ablation
+    from study_common import TINY as TINY_CONFIG
+    from fim_attention.study.report import report
+    from fim_attention.study.runner import run_ablation
     other = tmp_path / "longer"
     run_ablation(["standard", "ra_mla_kvsplice"], [0], out_dir=other, config=TINY_CONFIG.with_steps(6), progress=False)
     assert main(["report", str(smoke), "--no-plots", "--out", str(tmp_path / "r"), "--budgets", str(other)]) == 0
