@@ -31,7 +31,7 @@ needs_smollm2 = pytest.mark.skipif(not _installed("smollm2"), reason="pip instal
 
 
 def test_verbs_registered():
-    assert set(VERBS) == {"demo", "analyze", "train", "ablate", "report", "bench", "lr-sweep"}
+    assert set(VERBS) == {"demo", "analyze", "train", "ablate", "report", "bench", "lr-sweep", "compress"}
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"]] + [[v, "--help"] for v in ("demo", "analyze")])
@@ -221,7 +221,8 @@ def test_analyze_threads_flag_and_busy_note(files, monkeypatch, capsys):
 TINY = ["--batch-size", "4", "--block-size", "32", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
         "--eval-interval", "2", "--eval-windows", "4", "--fim-interval", "2", "--fim-batch-size", "2", "--fim-rows", "8",
         "--ckpt-interval", "0"]
-VERB_INPUTS = {"analyze": ["--model", "minilm", "--text", "shakespeare:sonnets"], "demo": [], "train": [], "ablate": [], "lr-sweep": []}
+VERB_INPUTS = {"analyze": ["--model", "minilm", "--text", "shakespeare:sonnets"], "demo": [], "train": [], "ablate": [], "lr-sweep": [],
+               "compress": ["--model", "minilm"]}
 
 
 @pytest.mark.parametrize("verb", list(VERB_INPUTS))
