@@ -104,6 +104,28 @@ def _needed_k(which, T, mode="query"):
         elif w == "decay": k = max(k, 5)
     return min(k, T)
 
+# %% ../nbs/02_metrics.ipynb #2f40c1a1
+def _full_query_metrics(p, ok, rowtr, supp, tau, ranks, which, normalize, max_bytes):
+    "`fim_metrics(mode='query')` when a metric needs every eigenvalue: rows in chunks, so the spectra never exist all at once."
+    # The full spectrum of every row is as large as p itself (and its metrics take a few more such temporaries): done
+    # in one piece, a 4 x 12 x 2048 x 2048 float32 layer peaked at 4x its input above it. Row by row, what is held is
+    # the input, the (...,) outputs and one chunk of spectra under max_bytes.
+    T, shape = p.shape[-1], p.shape[:-1]
+    P, OK = p.view(-1, T), ok.reshape(-1)
+    TR, RK = rowtr.reshape(-1) / tau**2, torch.where(ok, (supp - 1).clamp_min(0), 0).reshape(-1)
+    budget = 2**28 if max_bytes is None else max_bytes
+    rows = max(1, budget // (8 * T * 8))                         # the chunk's spectra + metrics_from_eigvals' temporaries
+    parts = []
+    for s in range(0, P.shape[0], rows):
+        sl = slice(s, s + rows)
+        lam = fim_eigvalsh(P[sl], tau=tau, valid=OK[sl], normalize=normalize, max_bytes=budget)   # (n, T)
+        out = metrics_from_eigvals(lam, TR[sl].to(lam.dtype), ranks, rank=RK[sl], which=which)
+        nan = lam.new_full((), math.nan)
+        parts.append({key: torch.where(OK[sl], v, nan) for key, v in out.items()})
+        del lam, out
+    return {key: torch.cat([d[key] for d in parts]).view(shape) for key in parts[0]}
+
+
 # %% ../nbs/02_metrics.ipynb #2f40c111
 def fim_metrics(p:Tensor, # (..., T) probabilities (mode="query") or (..., N, T) (mode="mean")
                 tau:float=1.0, # softmax temperature: F = (diag p - p p^T) / tau^2
@@ -132,6 +154,8 @@ def fim_metrics(p:Tensor, # (..., T) probabilities (mode="query") or (..., N, T)
     k = _needed_k(which, T, mode)
     rowtr = rowtr.to(torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype)
     lam_min = None
+    if mode == "query" and k is None and p.shape[:-1].numel() > 1 and p.is_contiguous():
+        return _full_query_metrics(p, ok, rowtr, supp, tau, ranks, which, normalize, max_bytes)
     if mode == "query":
         lam = fim_eigvalsh(p, k=k, tau=tau, valid=ok, normalize=normalize, **kw)  # (..., k)
         rank = torch.where(ok, (supp - 1).clamp_min(0), 0)

@@ -29,6 +29,7 @@ CHILD = textwrap.dedent("""
     base = rss(); peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if call == "metrics_topk": out = fim_metrics(p, which=("eigmax", "energy_r8", "cond", "decay"), max_bytes=max_bytes)
     elif call == "metrics_all": out = fim_metrics(p, max_bytes=max_bytes)
+    elif call == "metrics_all_norm": out = fim_metrics(p, normalize=True, max_bytes=max_bytes)
     else: out = fim_eigvalsh(p, k, max_bytes=max_bytes)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out_bytes = sum(v.numel() * v.element_size() for v in (out.values() if isinstance(out, dict) else [out]))
@@ -51,6 +52,8 @@ def measure(call, shape, dtype="float32", k=16, max_bytes=16 * MiB):
     ("full", (1, 4, 64, 256), "float32", None),                  # the whole spectrum: output = input size
     ("metrics_all", (1, 4, 64, 256), "float32", None),           # eff_rank: the whole spectrum per row
     ("metrics_topk", (4, 12, 256, 512), "float32", 16),
+    # regression (bench --memory): every metric of a whole layer held all spectra at once, ~4x the input above it
+    ("metrics_all_norm", (4, 12, 256, 512), "float32", None),
 ])
 def test_peak_within_input_output_and_budget(call, shape, dtype, k):
     "Regression (issue 10): the torch path peaked at ~12x its input whatever max_bytes said."
