@@ -249,3 +249,23 @@ def test_a_folder_holds_one_model_and_text(gpt, windows, tmp_path):
     other = GPT(gpt.config).eval()
     with pytest.raises(C.FolderConflict, match="weights"): C.run_compress(other, windows, tmp_path, ranks=(2,), plots=False)
     with pytest.raises(C.FolderConflict, match="fingerprint"): C.run_compress(gpt, windows[:1], tmp_path, ranks=(2,), plots=False)
+
+
+def test_verb_interrupted_exits_128_plus_signal_and_resumes(ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "i"
+    argv = ["compress", "--model", str(ckpt), "--windows", "2", "--max-len", "32", "--ranks", "2,4", "--out", str(out),
+            "--threads", "1", "--boot", "50", "--no-plots"]
+    real, calls = C.compressed_losses, []
+
+    def stop_on_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3: raise KeyboardInterrupt                                   # Ctrl-C in the middle of the loss stage
+        return real(*a, **k)
+    monkeypatch.setattr(C, "compressed_losses", stop_on_third)
+    code, _, err = _run(argv)
+    assert code == 130 and "interrupted by SIGINT" in err and "rerun the same command to continue" in err
+    n = len(C.read_records(out))
+    monkeypatch.setattr(C, "compressed_losses", real)
+    code, stdout, err = _run(argv)
+    assert code == 0 and "capture" not in err                                        # the finished units were kept
+    assert len(C.read_records(out)) == 1 + 2 + 2 + 2 * 5 and n == 1 + 2 + 2 + 2 + 2
