@@ -15,6 +15,9 @@ Two figures, both measured in one process with the two arms interleaved (medians
     python benchmarks/bench_callback.py --steps 1000 --device cuda    # longer, on a GPU
 """
 import argparse
+import json
+import os
+import platform
 import statistics
 import tempfile
 import time
@@ -23,6 +26,8 @@ import torch
 
 from fim_attention.data import load_corpus
 from fim_attention.training import FisherMetricsCallback, TrainConfig, Trainer
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_callback.json")
 
 
 def sync(dev):
@@ -46,7 +51,9 @@ def main(argv=None):
     ap.add_argument("--fim_batch_size", type=int, default=TrainConfig.fim_batch_size)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--json", default=RESULTS, help="where the figures go (default results/bench_callback.json; '' for none)")
     args = ap.parse_args(argv)
+    load0 = list(os.getloadavg())
     if args.steps is None: args.steps = 2 * args.fim_interval
     if args.threads: torch.set_num_threads(args.threads)
 
@@ -87,6 +94,20 @@ def main(argv=None):
           f"{statistics.median(m_t) * 1e3:.1f} ms")
     print(f"   ratio callback / step    {ct / st:8.3f}   (target <= 1)")
     print(f"   implied overhead at fim_interval={cfg.fim_interval}: {ct / (cfg.fim_interval * st):.2%}")
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    rec = dict(command="python benchmarks/bench_callback.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+               date_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), cpu=cpu, cores=os.cpu_count(),
+               threads=torch.get_num_threads(), device=str(dev), loadavg_start=load0, loadavg_end=list(os.getloadavg()),
+               model=dict(n_layer=cfg.model.n_layer, n_head=cfg.model.n_head, n_embd=cfg.model.n_embd, T=cfg.model.block_size),
+               batch_size=cfg.batch_size, fim_batch_size=cfg.fim_batch_size, query_rows=n_rows, fim_rows=cfg.fim_rows,
+               reps=args.reps, step_ms=st * 1e3, callback_ms=ct * 1e3, query_ms=statistics.median(q_t) * 1e3,
+               mean_ms=statistics.median(m_t) * 1e3, ratio_callback_over_step=ct / st,
+               implied_overhead=ct / (cfg.fim_interval * st), fim_interval=cfg.fim_interval)
+    def save():
+        if args.json:
+            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+            with open(args.json, "w") as f: json.dump(rec, f, indent=1)
+    save()
 
     if args.steps == 0: return
     # 2. the same run with and without the callback, interleaved step by step (load drift hits both arms)
@@ -111,6 +132,8 @@ def main(argv=None):
     print(f"   overhead                 {(tw - to) / to:8.2%}   (target <= 2%)")
     noise = statistics.pstdev(cb_steps[k] for k in range(len(cb_steps)) if (k + 1) % cfg.fim_interval) * len(a) ** 0.5
     print(f"   noise (sd of the paired step differences x sqrt(n), relative): {noise / to:.2%}")
+    rec.update(steps=args.steps, measurements=n_meas, with_s=tw, without_s=to, overhead=(tw - to) / to, noise=noise / to)
+    save()
     with_cb.logger.close(); without.logger.close()
 
 

@@ -444,9 +444,20 @@ def row_stats(P, ok, exact, stats, nthreads):
             stats[r, 0] = nf; stats[r, 1] = ng; stats[r, 2] = mn; stats[r, 3] = sm; stats[r, 4] = nz; stats[r, 5] = tr
 
 # %% ../nbs/01b_kernel.ipynb #14a61459
+_POOL_STARTED = False
+
 def threads()->int:
     "Threads the kernel uses: torch's setting, capped by numba's pool (set on every call: torch's may change)."
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    global _POOL_STARTED
+    n_torch = torch.get_num_threads()
+    if not _POOL_STARTED:
+        # numba's OpenMP layer sets the process's OpenMP thread count to its pool size when the pool starts, and torch
+        # reads its own setting from that same runtime: without this, a user's torch.set_num_threads(1) became 2 after
+        # the first kernel call (and the benchmark's "1 thread" kernel ran on 2). Start the pool, then put torch's back.
+        from numba.np.ufunc.parallel import _launch_threads
+        _launch_threads(); _POOL_STARTED = True
+        if torch.get_num_threads() != n_torch: torch.set_num_threads(n_torch)
+    n = max(1, min(n_torch, numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != n: numba.set_num_threads(n)
     return n
 

@@ -653,11 +653,16 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
         for j in range(j0, m):
             Vj = V[:, :j + 1]                                                    # (B, j+1, T) contiguous rows
             w = proj(op(V[:, j:j + 1]))                                          # (B, 1, T)
-            h = torch.bmm(w, Vj.transpose(1, 2))                                 # (B, 1, j+1) classical Gram-Schmidt ...
+            w0 = w.norm(dim=-1, keepdim=True)
+            h = torch.bmm(w, Vj.transpose(1, 2))                                 # (B, 1, j+1) classical Gram-Schmidt
             w = w - torch.bmm(h, Vj)
-            h2 = torch.bmm(w, Vj.transpose(1, 2))                                # ... twice: full reorthogonalisation
-            w = w - torch.bmm(h2, Vj)
-            h = (h + h2).squeeze(1)
+            # a second pass only where the first cancelled: |w| fell below |Mv|/sqrt(2) (Daniel-Gragg-Kaufman-Stewart).
+            # Reading V twice per step was half of the mean FIM's time (12 x 64 x 1024: 791 bmm, 0.17 of 0.29 s).
+            if bool((w.norm(dim=-1, keepdim=True) < 0.7071 * w0).any()):
+                h2 = torch.bmm(w, Vj.transpose(1, 2))
+                w = w - torch.bmm(h2, Vj)
+                h = h + h2
+            h = h.squeeze(1)
             Hm[:, :j + 1, j] = h; Hm[:, j, :j + 1] = h
             beta = w.norm(dim=-1, keepdim=True)                                  # (B, 1, 1)
             bad = beta <= 1e-13 * Hm[:, :j + 1, :j + 1].abs().amax((-2, -1)).view(B, 1, 1)

@@ -217,3 +217,17 @@ def test_valid_rows_give_nan_without_being_read():
     p[1] = float("nan")                                          # padding may hold anything
     lam = fim_eigvalsh(p, 4, valid=torch.tensor([True, False, True]))
     assert lam[1].isnan().all() and not lam[[0, 2]].isnan().any()
+
+
+def test_kernel_leaves_torch_threads_alone():
+    "Regression: numba's OpenMP pool start set the process's OpenMP thread count, so torch.set_num_threads(1) read back 2."
+    import subprocess, sys
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from fim_attention.spectrum import fim_eigvalsh\n"
+            "fim_eigvalsh(torch.softmax(torch.randn(8, 64, dtype=torch.float64), -1), k=4)\n"
+            "from fim_attention import kernel\n"
+            "import numba\n"
+            "print(torch.get_num_threads(), numba.get_num_threads(), kernel.threads())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["1", "1", "1"], r.stdout
