@@ -21,6 +21,7 @@ from torch import Tensor
 
 from . import attention as _attention
 from .model import GPT, GPTConfig
+from .training import append_jsonl, read_jsonl
 from .probe import Probe
 
 # %% auto #0
@@ -464,19 +465,12 @@ def _jsonable(x):
     return x
 
 def _append(path:Path, rec:dict):
-    "Append one JSON line; a torn last line (a kill mid-write) is closed first, so it stays one bad line."
-    torn = path.exists() and path.stat().st_size > 0 and path.read_bytes()[-1:] != b"\n"
-    with open(path, "a") as f: f.write(("\n" if torn else "") + json.dumps({k: _jsonable(v) for k, v in rec.items()}) + "\n"); f.flush()
+    "Append one record (`append_jsonl`: a torn last line, a kill mid-write, stays one bad line)."
+    append_jsonl(path, json.dumps({k: _jsonable(v) for k, v in rec.items()}))
 
 def read_records(out:str|Path) -> list[dict]:
     "The finished units of a compress folder (`records.jsonl`; a torn line is skipped)."
-    p = Path(out) / "records.jsonl"
-    if not p.is_file(): return []
-    recs = []
-    for line in p.read_text().splitlines():
-        try: recs.append(json.loads(line))
-        except json.JSONDecodeError: continue
-    return recs
+    return read_jsonl(Path(out) / "records.jsonl")
 
 def _n_layers(model) -> int:
     if isinstance(model, GPT): return model.config.n_layer

@@ -18,7 +18,7 @@ from torch import Tensor
 from .data import fixed_windows, load_corpus
 from .model import GPTConfig
 from .sharpness import (adam_stability_threshold, attention_fisher_sharpness, loss_sharpness, preconditioned_sharpness)
-from .training import Callback, TrainConfig, Trainer
+from .training import Callback, TrainConfig, Trainer, append_jsonl, read_jsonl
 
 # %% auto #0
 __all__ = ['DIVERGENCE_MARGIN', 'is_divergent', 'DivergenceCallback', 'SharpnessCallback', 'lr_grid', 'read_sweep', 'lr_sweep',
@@ -104,22 +104,11 @@ def _finite(x):
     "A float for JSON: None where it is not finite (JSON has no NaN or infinity)."
     return float(x) if x is not None and math.isfinite(float(x)) else None
 
-def _append_line(path: Path, line: str):
-    "Append one line; a torn last line (no newline: a kill mid-write) is closed first, so it stays one bad line."
-    torn = path.exists() and path.stat().st_size > 0 and path.read_bytes()[-1:] != b"\n"
-    with open(path, "a") as f: f.write(("\n" if torn else "") + line + "\n"); f.flush()
-
 def _run_key(variant: str, lr: float, seed: int) -> str: return f"{variant}_lr{lr:.4g}_s{seed}"
 
 def read_sweep(out_dir: str | Path) -> list[dict]:
     "The finished runs of a sweep, one dict per line of `results.jsonl` (a torn last line is ignored)."
-    p = Path(out_dir) / "results.jsonl"
-    if not p.exists(): return []
-    recs = []
-    for line in p.read_text().splitlines():
-        try: recs.append(json.loads(line))
-        except json.JSONDecodeError: pass  # a line cut by a kill: that run is redone
-    return recs
+    return read_jsonl(Path(out_dir) / "results.jsonl")  # a line cut by a kill is skipped: that run is redone
 
 def lr_sweep(out_dir: str | Path, # the sweep's folder: sweep.json, results.jsonl, runs/<key>/
              base: TrainConfig, # the recipe; model.attn, lr, min_lr, seed and out_dir are set per run
@@ -168,7 +157,7 @@ def lr_sweep(out_dir: str | Path, # the sweep's folder: sweep.json, results.json
                        "val_loss": None if div.diverged_at is not None else _finite(res.get("val/loss")),
                        "seconds": time.perf_counter() - t0}
                 if sharpness_interval: rec["sharpness"] = cbs[1].last
-                _append_line(out / "results.jsonl", json.dumps(rec, allow_nan=False, default=str))
+                append_jsonl(out / "results.jsonl", json.dumps(rec, allow_nan=False, default=str))
                 if log: log(f"{key}: {'DIVERGED (' + div.reason + ')' if diverged else 'stable'}, val_loss={rec['val_loss']}, {rec['seconds']:.1f} s")
     return read_sweep(out)
 

@@ -31,8 +31,8 @@ from .probe import MODES, Probe, Rows
 
 # %% auto #0
 __all__ = ['RUNTIME_FIELDS', 'CKPT_FORMAT', 'FIM_MODES', 'TrainConfig', 'config_diff', 'lr_at', 'RunLogger', 'read_log',
-           'CheckpointError', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'Callback',
-           'FisherMetricsCallback', 'RunExistsError', 'Trainer', 'train']
+           'append_jsonl', 'read_jsonl', 'CheckpointError', 'rng_state', 'set_rng_state', 'save_checkpoint',
+           'load_checkpoint', 'Callback', 'FisherMetricsCallback', 'RunExistsError', 'Trainer', 'train']
 
 # %% ../nbs/06_training.ipynb #19746250
 def _resume_target(r) -> bool | str | None:
@@ -181,6 +181,29 @@ def read_log(path: str | Path, event: str | None = None) -> list[dict]:
     path = Path(path); path = path / "log.jsonl" if path.is_dir() else path
     recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in recs if event is None or r["event"] == event]
+
+# %% ../nbs/06_training.ipynb #3c29e9a1
+def append_jsonl(path: str | Path, # a JSONL file (created if missing)
+                 line: str, # one JSON document, without its newline
+                ):
+    "Append one line; a torn last line (no newline: a kill mid-write) is closed first, so it stays one bad line."
+    path = Path(path)
+    torn = False
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, "rb") as f: f.seek(-1, os.SEEK_END); torn = f.read(1) != b"\n"
+    with open(path, "a") as f: f.write(("\n" if torn else "") + line + "\n"); f.flush()
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    "The documents of a JSONL file, in order ([] if there is none); a line cut by a kill is skipped."
+    path = Path(path)
+    if not path.is_file(): return []
+    recs = []
+    for line in path.read_text().splitlines():
+        if not line.strip(): continue
+        try: recs.append(json.loads(line))
+        except json.JSONDecodeError: pass  # torn by a kill: its record is redone by whoever wrote it
+    return recs
+
 
 # %% ../nbs/06_training.ipynb #b66659bc
 CKPT_FORMAT = "fim_attention.checkpoint/1"
