@@ -105,14 +105,13 @@ def _needed_k(which, T, mode="query"):
     return min(k, T)
 
 # %% ../nbs/02_metrics.ipynb #2f40c1a1
-def _full_query_metrics(p, ok, rowtr, supp, tau, ranks, which, normalize, max_bytes):
+def _full_query_metrics(p, ok, trace, rank, tau, ranks, which, normalize, max_bytes):
     "`fim_metrics(mode='query')` when a metric needs every eigenvalue: rows in chunks, so the spectra never exist all at once."
     # The full spectrum of every row is as large as p itself (and its metrics take a few more such temporaries): done
     # in one piece, a 4 x 12 x 2048 x 2048 float32 layer peaked at 4x its input above it. Row by row, what is held is
     # the input, the (...,) outputs and one chunk of spectra under max_bytes.
     T, shape = p.shape[-1], p.shape[:-1]
-    P, OK = p.view(-1, T), ok.reshape(-1)
-    TR, RK = rowtr.reshape(-1) / tau**2, torch.where(ok, (supp - 1).clamp_min(0), 0).reshape(-1)
+    P, OK, TR, RK = p.view(-1, T), ok.reshape(-1), trace.reshape(-1), rank.reshape(-1)
     budget = 2**28 if max_bytes is None else max_bytes
     rows = max(1, budget // (8 * T * 8))                         # the chunk's spectra + metrics_from_eigvals' temporaries
     parts = []
@@ -154,12 +153,12 @@ def fim_metrics(p:Tensor, # (..., T) probabilities (mode="query") or (..., N, T)
     k = _needed_k(which, T, mode)
     rowtr = rowtr.to(torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype)
     lam_min = None
-    if mode == "query" and k is None and p.shape[:-1].numel() > 1 and p.is_contiguous():
-        return _full_query_metrics(p, ok, rowtr, supp, tau, ranks, which, normalize, max_bytes)
     if mode == "query":
-        lam = fim_eigvalsh(p, k=k, tau=tau, valid=ok, normalize=normalize, **kw)  # (..., k)
         rank = torch.where(ok, (supp - 1).clamp_min(0), 0)
         trace = rowtr / tau**2
+        if k is None and p.is_contiguous():                       # every eigenvalue of every row: in chunks of rows
+            return _full_query_metrics(p, ok, trace, rank, tau, ranks, which, normalize, max_bytes)
+        lam = fim_eigvalsh(p, k=k, tau=tau, valid=ok, normalize=normalize, **kw)  # (..., k)
         if "cond" in which and k is not None:                     # the bottom eigenvalue: one more root per row
             lam_min = lambda_plus_min(p, tau, valid=ok, normalize=normalize, **kw)
     else:
