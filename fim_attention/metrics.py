@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from .spectrum import check_probs, check_tau, fim_eigvalsh, mean_fim_eigvalsh, one_minus_sum
+from .spectrum import check_probs, check_tau, fim_eigvalsh, mean_fim_eigvalsh, one_minus_sum, eigvalsh_f64_fallback
 # the structural rank and lambda+_min are engine work (chapter 01); importable from here too
 from .spectrum import lambda_plus_min, mean_support_rank, row_summary, support_rank
 
@@ -181,7 +181,7 @@ def reference_from_rows(rows:Tensor, # (..., N, T) the already-selected query ro
     rows = rows.float()                                          # the reference works in float32
     N, T = rows.shape[-2:]
     F = (torch.diag_embed(rows.sum(-2)) - rows.transpose(-1, -2) @ rows) / N    # (..., T, T) float32
-    ev = torch.linalg.eigvalsh(F)                               # (..., T) ascending
+    ev = eigvalsh_f64_fallback(F)                               # (..., T) ascending; a float32 LAPACK failure redone in float64
     total = ev.sum(-1)
     lam5 = ev[..., -5] if T >= 5 else torch.full_like(total, math.nan)   # the published code indexes the 5th largest
     out = {"eigmax": ev[..., -1], "trace": total, "decay": ev[..., -1] / (lam5.abs() + 1e-8),
