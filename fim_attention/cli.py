@@ -623,7 +623,7 @@ def _plot_sweep(records:list[dict], path:Path):
 def sweep_summary(out:str|Path, # a sweep folder (its results.jsonl)
                   plot:bool=True, # also write loss_vs_lr.png
                  ) -> dict:
-    "Write runs.csv, stable.csv (and loss_vs_lr.png) from the finished runs in `out`; return the rows and a text table."
+    "Write runs.csv, stable.csv (and loss_vs_lr.png; with curvatures also measurements.jsonl, verdicts.md, curvature.png) from the finished runs in `out`; return the rows, a text table and the verdicts."
     from fim_attention.lr_stability import read_sweep
     out = Path(out); recs = read_sweep(out)
     sharp = any("sharpness" in r for r in recs)
@@ -633,6 +633,15 @@ def sweep_summary(out:str|Path, # a sweep folder (its results.jsonl)
     _write_csv(out / "stable.csv", stable, ("variant", "seed", "largest_stable_lr", "first_divergent_lr", "rates", "all_stable"))
     paths = [out / "runs.csv", out / "stable.csv"]
     if plot and recs: _plot_sweep(recs, out / "loss_vs_lr.png"); paths.append(out / "loss_vs_lr.png")
+    verdicts = None
+    if sharp:                                                    # the curvature measurements: issue 11's three questions
+        from fim_attention.lr_stability import curvature_verdicts, plot_curvature, sweep_measurements, verdicts_markdown
+        meas = sweep_measurements(out, recs)
+        (out / "measurements.jsonl").write_text("".join(json.dumps(m, allow_nan=False) + "\n" for m in meas))
+        verdicts = curvature_verdicts(meas, recs)
+        (out / "verdicts.md").write_text(verdicts_markdown(verdicts) + "\n")
+        paths += [out / "measurements.jsonl", out / "verdicts.md"]
+        if plot and meas: plot_curvature(meas, recs, out / "curvature.png"); paths.append(out / "curvature.png")
     def cell(r):
         if r["largest_stable_lr"] is None: return f"none (< {min(x['lr'] for x in recs if (x['variant'], x['seed']) == (r['variant'], r['seed'])):g})"
         return f"{r['largest_stable_lr']:g}" + (" (all stable)" if r["all_stable"] else "")
@@ -641,7 +650,7 @@ def sweep_summary(out:str|Path, # a sweep folder (its results.jsonl)
     for v in dict.fromkeys(r["variant"] for r in stable):
         by = {r["seed"]: cell(r) for r in stable if r["variant"] == v}
         lines.append(f"| {v} | " + " | ".join(by.get(s, "-") for s in seeds) + " |")
-    return dict(runs=runs, stable=stable, table="\n".join(lines), paths=paths)
+    return dict(runs=runs, stable=stable, table="\n".join(lines), paths=paths, verdicts=verdicts)
 
 # %% ../nbs/09_cli.ipynb #fdb51964
 _SWEEP_SET = ("train.model.attn", "train.lr", "train.min_lr", "train.seed", "train.out_dir", "train.resume",
@@ -695,6 +704,11 @@ def _lr_sweep(args) -> int:
           "every smaller rate; diverged: a training loss not finite or above the initial validation loss, or a final "
           "validation loss not below it)\n")
     print(summ["table"])
+    if summ["verdicts"]:
+        from fim_attention.lr_stability import verdicts_markdown
+        print("\ndoes attention eigmax predict (a) the loss curvature at the same rate and step, (b) the largest stable rate; "
+              "(c) is lr < 2/eigmax a usable rule? (95% bootstrap intervals)\n")
+        print(verdicts_markdown(summ["verdicts"]))
     print(f"\nwritten: {', '.join(str(p) for p in summ['paths'])}")
     return 0
 
@@ -702,7 +716,8 @@ register(Verb("lr-sweep", "sweep the peak learning rate over variants and seeds:
               _lr_sweep_args, _lr_sweep,
               "Trains every variant x peak rate x seed of the tiny GPT on Shakespeare with the shared recipe, one JSON line "
               "per finished run in --out/results.jsonl; prints the largest stable rate per variant and seed and writes "
-              "runs.csv, stable.csv and loss_vs_lr.png. --resume continues a stopped sweep.", trains=True))
+              "runs.csv, stable.csv and loss_vs_lr.png; with --sharpness-interval also measurements.jsonl, verdicts.md and "
+              "curvature.png. --resume continues a stopped sweep.", trains=True))
 
 # %% ../nbs/09_cli.ipynb #c0b5e11b
 def _ranks_arg(s:str) -> tuple[int, ...]:

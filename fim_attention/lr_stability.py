@@ -12,17 +12,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from .compress import spearman_ci
 from .data import fixed_windows, load_corpus
 from .model import GPTConfig
 from .sharpness import (adam_stability_threshold, attention_fisher_sharpness, loss_sharpness, preconditioned_sharpness)
 from .training import Callback, TrainConfig, Trainer, append_jsonl, read_jsonl
 
 # %% auto #0
-__all__ = ['DIVERGENCE_MARGIN', 'is_divergent', 'DivergenceCallback', 'SharpnessCallback', 'lr_grid', 'read_sweep', 'lr_sweep',
-           'largest_stable_lr']
+__all__ = ['DIVERGENCE_MARGIN', 'ATTENTION_EIGMAX', 'CURVATURES', 'is_divergent', 'DivergenceCallback', 'SharpnessCallback',
+           'lr_grid', 'read_sweep', 'lr_sweep', 'largest_stable_lr', 'sweep_measurements', 'stratified_spearman',
+           'curvature_verdicts', 'verdicts_markdown', 'plot_curvature']
 
 # %% ../nbs/11a_lr_stability.ipynb #39cfb17d
 DIVERGENCE_MARGIN = 1.0  # nats/token above the initial loss; batch noise at initialisation is ~0.01-0.05
@@ -174,3 +177,159 @@ def largest_stable_lr(records: list[dict]) -> dict[tuple[str, int], float | None
             best = r["lr"]
         out[k] = best
     return out
+
+# %% ../nbs/11a_lr_stability.ipynb #9d1582b2
+ATTENTION_EIGMAX = {"eigmax_query": "fisher", "eigmax_meanfim": "fisher_meanfim", "eigmax_reference": "fisher_reference"}
+CURVATURES = ("lam_H", "lam_PinvH", "adam_threshold", "lam_G_att", "converged")
+
+def sweep_measurements(out_dir: str | Path, # a sweep folder
+                       records: list[dict] | None = None, # its finished runs (default: `read_sweep(out_dir)`)
+                      ) -> list[dict]:
+    "One row per (finished run, measured step): the run's identity, its curvatures and its attention eigmax (three definitions, model mean and per layer)."
+    out, rows = Path(out_dir), []
+    for r in (records if records is not None else read_sweep(out)):
+        lp = out / "runs" / r["key"] / "log.jsonl"
+        log = read_jsonl(lp) if lp.exists() else []                           # a record without its run folder: no rows
+        fish = {e["step"]: e for e in log if e.get("event") == "fisher"}
+        sharp = {e["step"]: e for e in log if e.get("event") == "sharpness"}
+        for step in sorted(set(fish) | set(sharp)):
+            f, s = fish.get(step, {}), sharp.get(step, {})
+            row = {k: r[k] for k in ("key", "variant", "lr", "seed", "diverged")} | {"step": step}
+            for name, pre in ATTENTION_EIGMAX.items():
+                row[name] = f.get(f"{pre}/eigmax_global_mean")       # the mean over layers of the per-layer head mean
+                layers, l = [], 0
+                while f"{pre}/layer{l}/eigmax_mean" in f: layers.append(f[f"{pre}/layer{l}/eigmax_mean"]); l += 1
+                row[name + "_max_layer"] = max((x for x in layers if x is not None), default=None)
+                row[name + "_layers"] = layers
+            row |= {k: s.get(k) for k in CURVATURES}
+            rows.append(row)
+    return rows
+
+# %% ../nbs/11a_lr_stability.ipynb #02c77599
+def _rank_rows(x: np.ndarray) -> np.ndarray:
+    "Average ranks along the last axis (ties share their mean rank)."
+    from scipy.stats import rankdata
+    return rankdata(x, axis=-1)
+
+def _corr_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    "Pearson correlation along the last axis; NaN where a side is constant."
+    a = a - a.mean(-1, keepdims=True); b = b - b.mean(-1, keepdims=True)
+    den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"): return np.where(den > 0, (a * b).sum(-1) / den, np.nan)
+
+def stratified_spearman(x, y, # paired values (NaN or None: the pair is left out)
+                        strata, # the stratum of each pair (here the peak rate): rho is taken within strata only
+                        n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                        min_n: int = 4, # strata with fewer complete pairs (or a constant side) are left out
+                       ) -> tuple[float, float, float, int]:
+    "(rho, lo, hi, n): Spearman's rho within each stratum, averaged with weights n_s; the bootstrap resamples pairs within strata."
+    x = np.array([math.nan if v is None else v for v in x], float); y = np.array([math.nan if v is None else v for v in y], float)
+    strata = np.asarray(strata)
+    if not (x.shape == y.shape == strata.shape) or x.ndim != 1: raise ValueError(f"x, y and strata must be 1-D of one length, got {x.shape}, {y.shape}, {strata.shape}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    groups = [np.flatnonzero(ok & (strata == s)) for s in dict.fromkeys(strata[ok].tolist())]
+    groups = [g for g in groups if len(g) >= min_n and np.ptp(x[g]) > 0 and np.ptp(y[g]) > 0]
+    if not groups: return math.nan, math.nan, math.nan, 0
+    w = np.array([len(g) for g in groups], float); w /= w.sum()
+    est = float(sum(wi * _corr_rows(_rank_rows(x[g]), _rank_rows(y[g])) for wi, g in zip(w, groups)))
+    rng, boots = np.random.default_rng(seed), np.zeros(n_boot)
+    for wi, g in zip(w, groups):
+        idx = g[rng.integers(0, len(g), (n_boot, len(g)))]                  # (n_boot, n_s) resampled pairs of this stratum
+        boots += wi * np.nan_to_num(_corr_rows(_rank_rows(x[idx]), _rank_rows(y[idx])), nan=0.0)  # a constant resample: no information
+    a = (1 - level) / 2
+    return est, float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)), int(sum(len(g) for g in groups))
+
+# %% ../nbs/11a_lr_stability.ipynb #48a000b7
+def _verdict(lo: float, hi: float) -> str:
+    if not (math.isfinite(lo) and math.isfinite(hi)): return "untestable"
+    return "positive" if lo > 0 else "negative" if hi < 0 else "inconclusive (interval holds 0)"
+
+def curvature_verdicts(rows: list[dict], # `sweep_measurements`
+                       records: list[dict], # `read_sweep`
+                       n_boot: int = 2000, seed: int = 0,
+                      ) -> list[dict]:
+    "The three questions of issue 11, one row per test: (a) eigmax vs the loss curvature within rates, (b) eigmax vs the largest stable rate, (c) the rule lr < 2/eigmax."
+    out = []
+    ok = [r for r in rows if not r["diverged"] and r["lam_H"] is not None]
+    preds = [f"{d}{s}" for d in ATTENTION_EIGMAX for s in ("", "_max_layer")] + ["lam_G_att"]
+    for step in sorted({r["step"] for r in ok}):
+        rs = [r for r in ok if r["step"] == step]
+        for p in preds:
+            for t in ("lam_H", "lam_PinvH"):
+                if p == "lam_G_att" and t != "lam_H": continue
+                rho, lo, hi, n = stratified_spearman([r[p] for r in rs], [r[t] for r in rs], [r["lr"] for r in rs], n_boot, seed)
+                out.append(dict(question="a", predictor=p, target=t, step=step, rho=rho, lo=lo, hi=hi, n=n, verdict=_verdict(lo, hi)))
+    best = largest_stable_lr(records)
+    first = {}
+    for r in sorted(rows, key=lambda r: (r["lr"], r["step"])):              # each unit's smallest-rate run: init and step 100
+        first.setdefault((r["variant"], r["seed"], r["step"]), r)
+    units = sorted(best)
+    y = np.array([math.log10(best[u]) if best[u] else math.nan for u in units])
+    for step in (0, 100):
+        for d in ATTENTION_EIGMAX:
+            x = np.array([math.nan if (v := (first.get((*u, step)) or {}).get(d)) is None else v for u in units], float)
+            m = np.isfinite(x) & np.isfinite(y)
+            if m.sum() >= 3 and np.ptp(y[m]) > 0 and np.ptp(x[m]) > 0:
+                rho, lo, hi = spearman_ci(x, y, n_boot=n_boot, seed=seed); why = _verdict(lo, hi)
+            else: rho = lo = hi = math.nan; why = "untestable (fewer than 3 units, or one largest stable rate for all)"
+            out.append(dict(question="b", predictor=d, target="log10 largest stable lr", step=step, rho=rho, lo=lo, hi=hi,
+                            n=int(m.sum()), verdict=why))
+    init = {(r["variant"], r["seed"]): r for r in rows if r["step"] == 0}
+    for d in ATTENTION_EIGMAX:
+        div = [r for r in records if r["diverged"] and (r["variant"], r["seed"]) in init and init[r["variant"], r["seed"]][d]]
+        allowed = [r for r in div if r["lr"] < 2 / init[r["variant"], r["seed"]][d]]
+        bounds = [2 / init[u][d] for u in init if init[u][d]]
+        out.append(dict(question="c", predictor=d, target="lr < 2/eigmax at init", step=0, rho=math.nan, lo=math.nan, hi=math.nan,
+                        n=len(div), verdict=f"{len(allowed)} of {len(div)} divergent runs allowed by the rule "
+                                            f"(2/eigmax from {min(bounds, default=math.nan):.3g} to {max(bounds, default=math.nan):.3g})"))
+    return out
+
+def verdicts_markdown(v: list[dict]) -> str:
+    "The verdict rows as a Markdown table."
+    L = ["| question | predictor | target | step | rho [95% CI] | n | verdict |", "|---|---|---|---|---|---|---|"]
+    for r in v:
+        ci = f"{r['rho']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]" if math.isfinite(r["rho"]) else "-"
+        L.append(f"| {r['question']} | {r['predictor']} | {r['target']} | {r['step']} | {ci} | {r['n']} | {r['verdict']} |")
+    return "\n".join(L)
+
+# %% ../nbs/11a_lr_stability.ipynb #f3cf2588
+def plot_curvature(rows: list[dict], # `sweep_measurements`
+                   records: list[dict], # `read_sweep`
+                   path: str | Path | None = None, # write a PNG here (None: return the figure only)
+                  ):
+    "Three panels: lambda_max(H) against attention eigmax at the last step; Adam's lambda_max(P^-1 H) against its threshold 38/lr; the largest stable rate against eigmax at initialisation."
+    from matplotlib.figure import Figure
+    from matplotlib import colormaps
+    fig = Figure(figsize=(13, 4.2)); axs = fig.subplots(1, 3)
+    variants = list(dict.fromkeys(r["variant"] for r in records))
+    marks = dict(zip(variants, "osD^vP*X"))
+    ok = [r for r in rows if not r["diverged"] and r["lam_H"] is not None]
+    last = max((r["step"] for r in ok), default=0)
+    lrs = sorted({r["lr"] for r in records})
+    cmap = colormaps["viridis"]
+    col = {lr: cmap(i / max(1, len(lrs) - 1)) for i, lr in enumerate(lrs)}
+    for v in variants:
+        rs = [r for r in ok if r["variant"] == v and r["step"] == last]
+        axs[0].scatter([r["eigmax_query"] for r in rs], [r["lam_H"] for r in rs], c=[col[r["lr"]] for r in rs], marker=marks[v], s=28)
+        rs = [r for r in ok if r["variant"] == v and r["lam_PinvH"] is not None]
+        axs[1].scatter([r["adam_threshold"] for r in rs], [r["lam_PinvH"] for r in rs], c=[col[r["lr"]] for r in rs], marker=marks[v], s=28)
+    for lr in lrs: axs[0].scatter([], [], color=col[lr], label=f"lr {lr:g}", s=20)
+    axs[0].set_xlabel(f"attention eigmax, per-query mean (step {last})"); axs[0].set_ylabel(r"$\lambda_{\max}(H)$, loss Hessian")
+    axs[0].set_yscale("log"); axs[0].legend(fontsize=7); axs[0].set_title("loss sharpness vs attention eigmax")
+    t = [r["adam_threshold"] for r in ok if r["adam_threshold"]]
+    if t:
+        lim = [min(t) / 2, max(t) * 2]; axs[1].plot(lim, lim, "k--", lw=1, label="threshold (edge of stability)")
+    axs[1].set_xscale("log"); axs[1].set_yscale("log"); axs[1].legend(fontsize=7)
+    axs[1].set_xlabel(r"Adam threshold $(2+2\beta_1)/((1-\beta_1)\eta_t)$"); axs[1].set_ylabel(r"$\lambda_{\max}(P^{-1}H)$")
+    axs[1].set_title("preconditioned sharpness vs its threshold")
+    best = largest_stable_lr(records)
+    init = {(r["variant"], r["seed"]): r["eigmax_query"] for r in rows if r["step"] == 0}
+    for v in variants:
+        us = [u for u in best if u[0] == v and u in init and best[u]]
+        axs[2].scatter([init[u] for u in us], [best[u] for u in us], marker=marks[v], label=v, s=36)
+    axs[2].set_yscale("log"); axs[2].set_xlabel("attention eigmax at initialisation (per-query mean)")
+    axs[2].set_ylabel("largest stable peak rate"); axs[2].legend(fontsize=7); axs[2].set_title("stability vs attention eigmax")
+    for ax in axs: ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None: fig.savefig(path, dpi=110)
+    return fig
