@@ -645,7 +645,14 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
     Pc = P.scatter(-1, mi.unsqueeze(-1), 0.0)                                    # (B, N, T) the rest: P = Pc + peaks (exact)
     d = Pc.sum(1).scatter_add(-1, mi, pm * (1 - pm))                             # (B, T) sum_i Pc_ij + sum_{i: m_i=j} p_im (1 - p_im)
     PcT = Pc.transpose(1, 2).contiguous()                                        # (B, T, N)
+    K = _kernel() if P.device.type == "cpu" and P.dtype == torch.float64 else None
+    if K is not None: K.threads()                                                # the compiled product follows torch's threads
     def op(v):                                                                   # (B, c, T) -> (B, c, T): two O(NTc) products
+        if K is not None:                                                        # CPU: both products from one read of Pc (01b)
+            out = torch.empty(v.shape, dtype=v.dtype)
+            K.mean_fim_matvec(Pc.detach().numpy(), pm.detach().numpy(), mi.numpy(), d.detach().numpy(),
+                              nv.to(P.dtype).numpy(), v.detach().contiguous().numpy(), out.numpy())
+            return out
         c = v.shape[1]
         uc = torch.bmm(v, PcT)                                                   # (B, c, N) (Pc v)_i
         vm = v.gather(-1, mi.unsqueeze(1).expand(B, c, N))                       # (B, c, N) v at each row's peak

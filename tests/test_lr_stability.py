@@ -87,3 +87,33 @@ def test_wrong_inputs():
     with pytest.raises(ValueError, match="lo < hi"): lr_grid(1e-2, 1e-3, 4)
     with pytest.raises(ValueError, match="n >= 2"): lr_grid(1e-3, 1e-2, 1)
     with pytest.raises(ValueError, match="interval"): SharpnessCallback(interval=0)
+
+
+def test_stratified_spearman_within_rates():
+    "A rate confound flips the pooled Spearman; the within-rate average keeps the true sign; one stratum is plain Spearman."
+    import numpy as np
+    from scipy.stats import spearmanr
+    from fim_attention.lr_stability import stratified_spearman
+    rng = np.random.default_rng(1)
+    lr = np.repeat([1e-2, 3e-2, 1e-1], 18)
+    x = rng.normal(size=54) - 3 * np.log10(lr)
+    y = 0.8 * (x + 3 * np.log10(lr)) + 0.6 * rng.normal(size=54) + 10 * np.log10(lr)
+    rho, lo, hi, n = stratified_spearman(x, y, lr, n_boot=500)
+    assert spearmanr(x, y)[0] < 0 < lo <= rho <= hi and n == 54
+    assert math.isclose(stratified_spearman(x[:18], y[:18], lr[:18])[0], spearmanr(x[:18], y[:18])[0], rel_tol=1e-12)
+    assert math.isnan(stratified_spearman([1, None, 2], [3, 4, 5], [0, 0, 0])[0])
+    with pytest.raises(ValueError, match="1-D of one length"): stratified_spearman([1, 2], [3], [0, 0])
+
+
+def test_sweep_measurements_and_verdicts(tmp_path, corpus):
+    "The analysis reads the runs' Fisher and curvature events; one run per rate leaves (a) and (b) untestable, (c) counted."
+    from fim_attention.lr_stability import ATTENTION_EIGMAX, curvature_verdicts, sweep_measurements, verdicts_markdown
+    recs = lr_sweep(tmp_path, base(fim_interval=10), ["standard"], [3e-3, 30.0], [0], sharpness_interval=10,
+                    sharpness_kw=dict(n_windows=2, max_iter=20), corpus=corpus, log=None)
+    rows = sweep_measurements(tmp_path, recs)
+    assert [(r["lr"], r["step"]) for r in rows][:3] == [(3e-3, 0), (3e-3, 10), (3e-3, 20)]
+    assert all(0 < r["eigmax_query"] <= 0.5 for r in rows) and rows[1]["lam_H"] > 0
+    v = curvature_verdicts(rows, recs, n_boot=50)
+    assert all(r["verdict"].startswith("untestable") for r in v if r["question"] in "ab")
+    assert len([r for r in v if r["question"] == "c"]) == len(ATTENTION_EIGMAX)
+    assert verdicts_markdown(v).count("\n") == len(v) + 1

@@ -528,3 +528,16 @@ def test_normalize_trace_and_lambda_min_are_the_distributions():
     got = lambda_plus_min(p, normalize=True).double()
     ok = (rank >= 1) & (lmin > torch.finfo(F32).tiny * 2**10)
     assert ((got - lmin).abs() / lmin)[ok].max() < 2e-6
+
+
+def test_reference_survives_float32_lapack_failure():
+    "Regression: a saturated row's FIM made float32 LAPACK fail to converge and stopped an lr-sweep run in the Fisher callback."
+    from fim_attention.metrics import reference_from_rows
+    from fim_attention.spectrum import eigvalsh_f64_fallback
+    pk = torch.softmax(30 * torch.randn(1, 256, generator=torch.Generator().manual_seed(3), dtype=torch.float64), -1).float()
+    F = lambda q: torch.diag_embed(q) - q[..., :, None] * q[..., None, :]
+    out = reference_from_rows(pk)
+    torch.testing.assert_close(out["eigmax"].double(), torch.linalg.eigvalsh(F(pk[0].double()))[-1], rtol=1e-6, atol=0)
+    A = torch.randn(4, 6, 6, generator=torch.Generator().manual_seed(0)); A = A + A.mT
+    assert torch.equal(eigvalsh_f64_fallback(A), torch.linalg.eigvalsh(A))     # no failure: the plain call, bit for bit
+    assert eigvalsh_f64_fallback(F(pk)).dtype == torch.float32
