@@ -63,6 +63,11 @@ def test_smoke_sweep_writes_jsonl_csv_plot_and_reports_the_largest_stable_rate(s
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     assert "largest stable peak learning rate" in stdout and "| standard | 0.003 |" in stdout
     assert "2 runs of 20 steps" in stderr and "DIVERGED" in stderr
+    meas = [json.loads(l) for l in (out / "measurements.jsonl").read_text().splitlines()]  # curvatures measured: the analysis too
+    assert [(m["lr"], m["step"]) for m in meas] == [(3e-3, 10), (3e-3, 20)] and meas[0]["lam_H"] > 0
+    assert meas[0]["eigmax_query"] is None                                   # --fim-interval 0: no attention eigmax logged
+    assert "| question | predictor |" in (out / "verdicts.md").read_text() and "does attention eigmax predict" in stdout
+    assert (out / "curvature.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_rerun_with_resume_trains_nothing(sweep, capsys):
