@@ -627,10 +627,11 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
                   pbar:Tensor, # (B, T) column means over valid rows
                   nv:Tensor, # (B,) number of valid rows (>= 1)
                   k:int, tol:float=1e-12, max_restarts:int=100, seed:int=0,
+                  groups:tuple|None=None, # `_column_groups(P, seed)` when the caller has it (it is not cheap)
                  )->tuple[Tensor, int]: # (top-k eigenvalues (B, k) descending, restarts used)
     "Thick-restart Lanczos with full reorthogonalisation on v -> pbar*v - P^T(Pv)/N, batched over heads."
     B, N, T = P.shape
-    gid, dup, ng = _column_groups(P, seed)
+    gid, dup, ng = _column_groups(P, seed) if groups is None else groups
     dup0, pbar0, B0 = dup, pbar, B                                               # for the final merge (heads drop out below)
     grouped = bool(dup.any())
     cnt = torch.zeros(B, T, dtype=P.dtype, device=P.device).scatter_add_(1, gid, torch.ones_like(pbar))
@@ -674,16 +675,20 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
         for j in range(j0, m):
             Vj = V[:, :j + 1]                                                    # (B, j+1, T) contiguous rows
             w = proj(op(V[:, j:j + 1]))                                          # (B, 1, T)
-            w0 = w.norm(dim=-1, keepdim=True)
-            h = torch.bmm(w, Vj.transpose(1, 2))                                 # (B, 1, j+1) classical Gram-Schmidt
-            w = w - torch.bmm(h, Vj)
-            # a second pass only where the first cancelled: |w| fell below |Mv|/sqrt(2) (Daniel-Gragg-Kaufman-Stewart).
-            # Reading V twice per step was half of the mean FIM's time (12 x 64 x 1024: 791 bmm, 0.17 of 0.29 s).
-            if bool((w.norm(dim=-1, keepdim=True) < 0.7071 * w0).any()):
-                h2 = torch.bmm(w, Vj.transpose(1, 2))
-                w = w - torch.bmm(h2, Vj)
-                h = h + h2
-            h = h.squeeze(1)
+            if K is not None:                                                    # CPU: the same, per head, in one compiled call (01b)
+                w = w.contiguous(); h = torch.empty(B, j + 1, dtype=P.dtype)
+                K.gram_schmidt(V.numpy(), j + 1, w.view(B, T).numpy(), h.numpy())
+            else:
+                w0 = w.norm(dim=-1, keepdim=True)
+                h = torch.bmm(w, Vj.transpose(1, 2))                             # (B, 1, j+1) classical Gram-Schmidt
+                w = w - torch.bmm(h, Vj)
+                # a second pass only where the first cancelled: |w| fell below |Mv|/sqrt(2) (Daniel-Gragg-Kaufman-Stewart).
+                # Reading V twice per step was half of the mean FIM's time (12 x 64 x 1024: 791 bmm, 0.17 of 0.29 s).
+                if bool((w.norm(dim=-1, keepdim=True) < 0.7071 * w0).any()):
+                    h2 = torch.bmm(w, Vj.transpose(1, 2))
+                    w = w - torch.bmm(h2, Vj)
+                    h = h + h2
+                h = h.squeeze(1)
             Hm[:, :j + 1, j] = h; Hm[:, j, :j + 1] = h
             beta = w.norm(dim=-1, keepdim=True)                                  # (B, 1, 1)
             bad = beta <= 1e-13 * Hm[:, :j + 1, :j + 1].abs().amax((-2, -1)).view(B, 1, 1)
@@ -763,7 +768,7 @@ def mean_fim_eigvalsh(p:Tensor, # (..., N, T): N rows (queries) per group (head)
         lam = torch.cat([torch.linalg.eigvalsh(_mean_fim_dense(P[s:s + chunk], nvs[s:s + chunk])).flip(-1)[:, :k]
                          for s in range(0, P.shape[0], chunk)])
     else:
-        lam, _ = _lanczos_topk(P, pbar, nvs, k, tol=tol, seed=seed)
+        lam, _ = _lanczos_topk(P, pbar, nvs, k, tol=tol, seed=seed, groups=(gid, dup, ng))
     lam = (lam / tau**2).masked_fill((nv == 0).unsqueeze(-1), float("nan"))
     out_dtype = p.dtype
     return lam.to(out_dtype).reshape(*batch, k)
