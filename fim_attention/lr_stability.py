@@ -248,7 +248,7 @@ def curvature_verdicts(rows: list[dict], # `sweep_measurements`
                        records: list[dict], # `read_sweep`
                        n_boot: int = 2000, seed: int = 0,
                       ) -> list[dict]:
-    "The three questions of issue 11, one row per test: (a) eigmax vs the loss curvature within rates, (b) eigmax vs the largest stable rate, (c) the rule lr < 2/eigmax."
+    "The three questions of issue 11, one row per test: (a) eigmax (model, largest layer, each layer) vs the loss curvature within rates, (b) eigmax vs the largest stable rate, (c) the rule lr < 2/eigmax."
     out = []
     ok = [r for r in rows if not r["diverged"] and r["lam_H"] is not None]
     preds = [f"{d}{s}" for d in ATTENTION_EIGMAX for s in ("", "_max_layer")] + ["lam_G_att"]
@@ -259,6 +259,11 @@ def curvature_verdicts(rows: list[dict], # `sweep_measurements`
                 if p == "lam_G_att" and t != "lam_H": continue
                 rho, lo, hi, n = stratified_spearman([r[p] for r in rs], [r[t] for r in rs], [r["lr"] for r in rs], n_boot, seed)
                 out.append(dict(question="a", predictor=p, target=t, step=step, rho=rho, lo=lo, hi=hi, n=n, verdict=_verdict(lo, hi)))
+        for l in range(max((len(r["eigmax_query_layers"]) for r in rs), default=0)):   # across layers: each layer's own eigmax
+            x = [r["eigmax_query_layers"][l] if l < len(r["eigmax_query_layers"]) else None for r in rs]
+            rho, lo, hi, n = stratified_spearman(x, [r["lam_H"] for r in rs], [r["lr"] for r in rs], n_boot, seed)
+            out.append(dict(question="a", predictor=f"eigmax_query layer {l}", target="lam_H", step=step, rho=rho, lo=lo, hi=hi,
+                            n=n, verdict=_verdict(lo, hi)))
     best = largest_stable_lr(records)
     first = {}
     for r in sorted(rows, key=lambda r: (r["lr"], r["step"])):              # each unit's smallest-rate run: init and step 100
