@@ -105,25 +105,11 @@ def _needed_k(which, T, mode="query"):
     return min(k, T)
 
 # %% ../nbs/02_metrics.ipynb #2f40c1a1
-_LIBC = None
-
-def _release_freed():
-    "glibc only: hand the heap's freed pages back to the OS (`malloc_trim`); elsewhere nothing."
-    global _LIBC
-    if _LIBC is None:
-        import ctypes, ctypes.util, platform
-        try: _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" else False
-        except OSError: _LIBC = False
-        if _LIBC is not False and not hasattr(_LIBC, "malloc_trim"): _LIBC = False
-    if _LIBC: _LIBC.malloc_trim(0)
-
 def _full_query_metrics(p, ok, trace, rank, tau, ranks, which, normalize, max_bytes):
     "`fim_metrics(mode='query')` when a metric needs every eigenvalue: rows in chunks, so the spectra never exist all at once."
     # The full spectrum of every row is as large as p itself (and its metrics take a few more such temporaries): done
     # in one piece, a 4 x 12 x 2048 x 2048 float32 layer peaked at 4x its input above it. Row by row, what is held is
-    # the input, the (...,) outputs and one chunk of spectra under max_bytes. Without malloc_trim after each chunk,
-    # glibc kept the freed chunk temporaries (its dynamic mmap threshold rises after the first large free, so later
-    # ones come from the heap): the same four layers then peaked 1.2 GB above the input instead of 0.12 GB.
+    # the input, the (...,) outputs and one chunk of spectra under max_bytes.
     T, shape = p.shape[-1], p.shape[:-1]
     P, OK, TR, RK = p.view(-1, T), ok.reshape(-1), trace.reshape(-1), rank.reshape(-1)
     budget = 2**28 if max_bytes is None else max_bytes
@@ -136,7 +122,6 @@ def _full_query_metrics(p, ok, trace, rank, tau, ranks, which, normalize, max_by
         nan = lam.new_full((), math.nan)
         parts.append({key: torch.where(OK[sl], v, nan) for key, v in out.items()})
         del lam, out
-        _release_freed()                                         # the chunk's freed temporaries back to the OS (see below)
     return {key: torch.cat([d[key] for d in parts]).view(shape) for key in parts[0]}
 
 
