@@ -251,18 +251,20 @@ for b in range(B):
     for h in range(12): x[b, h] = torch.softmax(torch.randn(2048, 2048, generator=g) * 2, -1)
 fim_metrics(torch.softmax(torch.randn(2, 8), -1))             # load the compiled kernel
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
-base = rss(); t = time.time()
+open("/proc/self/clear_refs", "w").write("5")                  # VmHWM := now: the peak of the call alone, not of the
+base = rss(); t = time.time()                                  # input's filling or a cold kernel compile before it
 m = fim_metrics(x, normalize=True)                            # every metric, eff_rank included: the full spectrum per row
 dt = time.time() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) * 1024
+life = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps(dict(shape=list(x.shape), input_GB=x.numel() * 4 / 1e9, base_GB=base / 1e9, peak_GB=peak / 1e9,
-                      above_input_GB=(peak - base) / 1e9, seconds=dt, threads=torch.get_num_threads())))
+                      above_input_GB=(peak - base) / 1e9, lifetime_peak_GB=life / 1e9, seconds=dt, threads=torch.get_num_threads())))
 """
 
 
 def memory(args):
     "Peak resident memory above the input of fim_metrics on whole float32 layers, each in a fresh process."
-    out = dict(command=" ".join(["python", "benchmarks/bench_spectrum.py", "--memory"]), date_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    out = dict(command=" ".join(["python", "benchmarks/bench_spectrum.py", "--memory", "--threads", str((args.threads or [1])[0])]), date_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
                machine=machine_info(), runs=[])
     th = (args.threads or [1])[0]
     for B in args.memory_batches:
