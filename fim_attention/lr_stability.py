@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .compress import spearman_ci
+from .compress import _pearson, _ranks, spearman_ci   # the rank statistics of chapter 11b
 from .data import fixed_windows, load_corpus
 from .model import GPTConfig
 from .sharpness import (adam_stability_threshold, attention_fisher_sharpness, loss_sharpness, preconditioned_sharpness)
@@ -206,17 +206,6 @@ def sweep_measurements(out_dir: str | Path, # a sweep folder
     return rows
 
 # %% ../nbs/11a_lr_stability.ipynb #02c77599
-def _rank_rows(x: np.ndarray) -> np.ndarray:
-    "Average ranks along the last axis (ties share their mean rank)."
-    from scipy.stats import rankdata
-    return rankdata(x, axis=-1)
-
-def _corr_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    "Pearson correlation along the last axis; NaN where a side is constant."
-    a = a - a.mean(-1, keepdims=True); b = b - b.mean(-1, keepdims=True)
-    den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
-    with np.errstate(invalid="ignore", divide="ignore"): return np.where(den > 0, (a * b).sum(-1) / den, np.nan)
-
 def stratified_spearman(x, y, # paired values (NaN or None: the pair is left out)
                         strata, # the stratum of each pair (here the peak rate): rho is taken within strata only
                         n_boot: int = 2000, seed: int = 0, level: float = 0.95,
@@ -231,11 +220,11 @@ def stratified_spearman(x, y, # paired values (NaN or None: the pair is left out
     groups = [g for g in groups if len(g) >= min_n and np.ptp(x[g]) > 0 and np.ptp(y[g]) > 0]
     if not groups: return math.nan, math.nan, math.nan, 0
     w = np.array([len(g) for g in groups], float); w /= w.sum()
-    est = float(sum(wi * _corr_rows(_rank_rows(x[g]), _rank_rows(y[g])) for wi, g in zip(w, groups)))
+    est = float(sum(wi * _pearson(_ranks(x[g]), _ranks(y[g])) for wi, g in zip(w, groups)))
     rng, boots = np.random.default_rng(seed), np.zeros(n_boot)
     for wi, g in zip(w, groups):
         idx = g[rng.integers(0, len(g), (n_boot, len(g)))]                  # (n_boot, n_s) resampled pairs of this stratum
-        boots += wi * np.nan_to_num(_corr_rows(_rank_rows(x[idx]), _rank_rows(y[idx])), nan=0.0)  # a constant resample: no information
+        boots += wi * np.nan_to_num(_pearson(_ranks(x[idx]), _ranks(y[idx])), nan=0.0)  # a constant resample: no information
     a = (1 - level) / 2
     return est, float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)), int(sum(len(g) for g in groups))
 
