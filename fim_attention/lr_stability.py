@@ -188,8 +188,7 @@ def sweep_measurements(out_dir: str | Path, # a sweep folder
     "One row per (finished run, measured step): the run's identity, its curvatures and its attention eigmax (three definitions, model mean and per layer)."
     out, rows = Path(out_dir), []
     for r in (records if records is not None else read_sweep(out)):
-        lp = out / "runs" / r["key"] / "log.jsonl"
-        log = read_jsonl(lp) if lp.exists() else []                           # a record without its run folder: no rows
+        log = read_jsonl(out / "runs" / r["key"] / "log.jsonl")              # [] for a record without its run folder
         fish = {e["step"]: e for e in log if e.get("event") == "fisher"}
         sharp = {e["step"]: e for e in log if e.get("event") == "sharpness"}
         for step in sorted(set(fish) | set(sharp)):

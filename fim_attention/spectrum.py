@@ -645,9 +645,9 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
     pm, mi = P.max(-1)                                                           # (B, N) each row's peak and its column
     Pc = P.scatter(-1, mi.unsqueeze(-1), 0.0)                                    # (B, N, T) the rest: P = Pc + peaks (exact)
     d = Pc.sum(1).scatter_add(-1, mi, pm * (1 - pm))                             # (B, T) sum_i Pc_ij + sum_{i: m_i=j} p_im (1 - p_im)
-    PcT = Pc.transpose(1, 2).contiguous()                                        # (B, T, N)
     K = _kernel() if P.device.type == "cpu" and P.dtype == torch.float64 else None
     if K is not None: K.threads()                                                # the compiled product follows torch's threads
+    PcT = Pc.transpose(1, 2).contiguous() if K is None else None                 # (B, T, N): the torch product's layout only
     def op(v):                                                                   # (B, c, T) -> (B, c, T): two O(NTc) products
         if K is not None:                                                        # CPU: both products from one read of Pc (01b)
             out = torch.empty(v.shape, dtype=v.dtype)
@@ -708,7 +708,7 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
             lam[heads[ok]] = theta[ok, :k]
             stay = ~ok
             heads, gid, cnt, pm, mi, Pc, PcT, d, nv, floor, V, Hm, theta, S = (
-                z[stay] for z in (heads, gid, cnt, pm, mi, Pc, PcT, d, nv, floor, V, Hm, theta, S))
+                None if z is None else z[stay] for z in (heads, gid, cnt, pm, mi, Pc, PcT, d, nv, floor, V, Hm, theta, S))
             B = int(stay.sum())
         V[:, :keep] = torch.bmm(S[:, :, :keep].transpose(1, 2), V[:, :m])        # thick restart: keep the best Ritz vectors
         V[:, keep] = V[:, m]                                                     # and the residual direction
