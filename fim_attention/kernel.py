@@ -25,34 +25,48 @@ def _two_sum(a, b):
 # %% ../nbs/01b_kernel.ipynb #71a8c589
 @njit(**_JIT)
 def _one_minus_sum(x):
-    "c0 = 1 - sum(x) in float64: TwoSum in 8 independent lanes (they pipeline), the lanes folded by TwoSum."
-    s = np.zeros(8); e = np.zeros(8)
-    T = x.shape[0]; n8 = T - T % 8
-    for j in range(0, n8, 8):
-        for l in range(8):
-            s[l], d = _two_sum(s[l], np.float64(x[j + l])); e[l] += d
-    for j in range(n8, T):
-        s[0], d = _two_sum(s[0], np.float64(x[j])); e[0] += d
-    S = 0.0; E = 0.0
-    for l in range(8):
-        S, d = _two_sum(S, s[l]); E += d + e[l]
+    "c0 = 1 - sum(x) in float64: TwoSum in 4 independent lanes (they pipeline), the lanes folded by TwoSum; no heap scratch."
+    s0 = 0.0; s1 = 0.0; s2 = 0.0; s3 = 0.0; e0 = 0.0; e1 = 0.0; e2 = 0.0; e3 = 0.0
+    T = x.shape[0]; n4 = T - T % 4
+    for j in range(0, n4, 4):
+        s0, d0 = _two_sum(s0, np.float64(x[j])); s1, d1 = _two_sum(s1, np.float64(x[j + 1]))
+        s2, d2 = _two_sum(s2, np.float64(x[j + 2])); s3, d3 = _two_sum(s3, np.float64(x[j + 3]))
+        e0 += d0; e1 += d1; e2 += d2; e3 += d3
+    for j in range(n4, T):
+        s0, d0 = _two_sum(s0, np.float64(x[j])); e0 += d0
+    S, d = _two_sum(s0, s1); E = d + e0 + e1
+    S, d = _two_sum(S, s2); E += d + e2
+    S, d = _two_sum(S, s3); E += d + e3
     return (1.0 - S) - E                                         # 1 - S exact near S = 1 (Sterbenz)
 
 # %% ../nbs/01b_kernel.ipynb #1455a9a3
 @njit(fastmath={"reassoc", "contract"}, **_JIT)
 def _block(PD, W, j0, j1, t):
     "One block's sum_j W_j/(PD_j - t) and sum_j W_j/(PD_j - t)^2: reassociation allowed here only, so it runs in SIMD lanes."
-    g = 0.0; d = 0.0
-    for j in range(j0, j1):
-        r = 1.0 / (PD[j] - t)                                    # one division per pole
-        q = W[j] * r
+    P = PD[j0:j1]; V = W[j0:j1]                                  # views from 0: indices provably >= 0, so no wraparound
+    g = 0.0; d = 0.0                                             # code and the loop runs on contiguous vector loads
+    for j in range(P.shape[0]):
+        r = 1.0 / (P[j] - t)                                     # one division per pole
+        q = V[j] * r
         g += q; d += q * r
     return g, d
+
+@njit(fastmath={"reassoc", "contract"}, **_JIT)
+def _block2(PD, W, ia, nd, t):
+    "Both sides' sums in one call (each side one block): (sum_{j<ia}, sum_{j<ia} squared, sum_{ia<=j<nd}, squared)."
+    A = PD[:ia]; U = W[:ia]; B = PD[ia:nd]; V = W[ia:nd]
+    g = 0.0; d = 0.0; h = 0.0; e = 0.0
+    for j in range(A.shape[0]):
+        r = 1.0 / (A[j] - t); q = U[j] * r; g += q; d += q * r
+    for j in range(B.shape[0]):
+        r = 1.0 / (B[j] - t); q = V[j] * r; h += q; e += q * r
+    return g, d, h, e
 
 # %% ../nbs/01b_kernel.ipynb #18b07b3f
 @njit(inline="always", **_JIT)
 def _pole_sums(PD, W, j0, j1, t):
     "sum_j W_j/(D_j - x), sum_j W_j/(D_j - x)^2 over j0 <= j < j1, PD = D - origin, x = origin + t: blocks of 64, added by TwoSum."
+    if j1 - j0 <= 64: return _block(PD, W, j0, j1, t)            # one block: nothing to compensate
     S = 0.0; E = 0.0; dS = 0.0
     for j in range(j0, j1, 64):
         g, d = _block(PD, W, j, min(j + 64, j1), t)
@@ -63,28 +77,41 @@ def _pole_sums(PD, W, j0, j1, t):
 # %% ../nbs/01b_kernel.ipynb #214cc13a
 @njit(inline="always", **_JIT)
 def _horner2(C, mC, n, z):
-    "sum_{m=1..n} C[m-1] z^m and sum_m m C[m-1] z^m: Horner in z^2 on the even and odd coefficients (4 independent chains)."
-    z2 = z * z
-    ge = 0.0; go = 0.0; de = 0.0; do = 0.0
-    if n % 2 == 1:
-        ge = C[n - 1]; de = mC[n - 1]
-    for i in range(n // 2 - 1, -1, -1):
-        ge = ge * z2 + C[2 * i]; go = go * z2 + C[2 * i + 1]
-        de = de * z2 + mC[2 * i]; do = do * z2 + mC[2 * i + 1]
-    return z * (ge + z * go), z * (de + z * do)
+    "sum_{m=1..n} C[m-1] z^m and sum_m m C[m-1] z^m: Horner in z^4 on the coefficients of each residue mod 4 (8 independent\n    chains: a quarter of the dependent steps of plain Horner)."
+    z2 = z * z; z4 = z2 * z2
+    a0 = 0.0; a1 = 0.0; a2 = 0.0; a3 = 0.0; b0 = 0.0; b1 = 0.0; b2 = 0.0; b3 = 0.0
+    top = n - n % 4                                              # the last, partial group of 4 first
+    if top + 1 <= n: a0 = C[top]; b0 = mC[top]
+    if top + 2 <= n: a1 = C[top + 1]; b1 = mC[top + 1]
+    if top + 3 <= n: a2 = C[top + 2]; b2 = mC[top + 2]
+    for i in range(top // 4 - 1, -1, -1):
+        m = 4 * i
+        a0 = a0 * z4 + C[m]; a1 = a1 * z4 + C[m + 1]; a2 = a2 * z4 + C[m + 2]; a3 = a3 * z4 + C[m + 3]
+        b0 = b0 * z4 + mC[m]; b1 = b1 * z4 + mC[m + 1]; b2 = b2 * z4 + mC[m + 2]; b3 = b3 * z4 + mC[m + 3]
+    return z * ((a0 + z * a1) + z2 * (a2 + z * a3)), z * ((b0 + z * b1) + z2 * (b2 + z * b3))
 
 # %% ../nbs/01b_kernel.ipynb #9c674901
+@njit(inline="always", **_JIT)
+def _log2_above(u):
+    "An upper bound of log2(u), u > 0 finite, within 0.09 of it: e + min(f / ln 2, 1) for u = (1 + f) 2^e, from the bits."
+    b = np.float64(u).view(np.int64)
+    f = (b & 0xFFFFFFFFFFFFF) * 2.0 ** -52                       # log2(1 + f) <= f / ln 2 (and <= 1)
+    return (((b >> 52) & 0x7FF) - 1023) + min(1.4426950408889634 * f, 1.0)
+
 @njit(**_JIT)
-def _evaluate(PD, W, nd, ia, origin, t, x, c0, eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK):
-    "G(x), psi', phi' and sum|terms| over the direct poles D[:nd] (weights W, D[:ia] above x) and the far poles' power sums."
-    gpos, dphi = _pole_sums(PD, W, 0, ia, t)                     # poles above x: positive terms
-    gneg, dpsi = _pole_sums(PD, W, ia, nd, t)                    # poles below x: negative terms
+def _evaluate(PD, W, nd, ia, origin, t, x, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK):
+    "G(x), psi', phi' and sum|terms| over the direct poles D[:nd] (weights W, D[:ia] above x) and the far poles' power sums\n    (l2eps = log2(eps / 8): the series stop where their terms fall below eps / 8)."
+    if ia <= 64 and nd - ia <= 64:                               # each side one block: one call for both
+        gpos, dphi, gneg, dpsi = _block2(PD, W, ia, nd, t)
+    else:
+        gpos, dphi = _pole_sums(PD, W, 0, ia, t)                 # poles above x: positive terms
+        gneg, dpsi = _pole_sums(PD, W, ia, nd, t)                # poles below x: negative terms
     if tK > 0:                                                   # far poles below: sum_m z^m N_m, z = a / x <= 1
         z = ta / x
         n = tK
         hz = rho * z                                            # N_m <= rho^(m-1) N_1: term m <= z (rho z)^(m-1) N_1
-        if hz > 0 and hz < 0.5:
-            n = min(tK, 2 + int(math.log(eps * 0.125) / math.log(hz)))
+        if hz > 0 and hz < 0.5:                                  # a bound of log2(hz) from its bits: no log call, at most
+            n = min(tK, 2 + int(l2eps / _log2_above(hz)))        # ~15% more terms than the exact count
         g, dg = _horner2(tN, tmN, n, z)
         gneg -= g; dpsi += dg / x
     if hK > 0:                                                   # far poles above: sum_m y^m M_m, y = x / b < 1
@@ -92,7 +119,7 @@ def _evaluate(PD, W, nd, ia, origin, t, x, c0, eps, rho, ta, tN, tmN, tK, hb, hM
         n = hK
         hy = rho * y
         if hy > 0 and hy < 0.5:
-            n = min(hK, 2 + int(math.log(eps * 0.125) / math.log(hy)))
+            n = min(hK, 2 + int(l2eps / _log2_above(hy)))
         g, dg = _horner2(hM[1:], hmM[1:], n, y)                  # sum_{m>=1} M_m y^m, sum m M_m y^m
         gpos += g + hM[0]; dphi += dg / x
     cx = c0 / x
@@ -105,8 +132,9 @@ def _evaluate(PD, W, nd, ia, origin, t, x, c0, eps, rho, ta, tN, tmN, tK, hb, hM
 def _root(D, PD, W, nd, ia, hi, lo, c0, eps, rho, max_iter, ta, tN, tmN, tK, hb, hM, hmM, hK):
     "The engine's root in (lo, hi): origin at the nearer pole, two-pole rational model, sign-bracket safeguard."
     width = hi - lo; half = width / 2; mid = lo + half
+    l2eps = math.log2(eps * 0.125)                               # once per root, not twice per evaluation
     for j in range(nd): PD[j] = D[j] - lo                        # exact for the two bracket poles
-    G, dpsi, dphi, gabs = _evaluate(PD, W, nd, ia, lo, half, mid, c0, eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK)
+    G, dpsi, dphi, gabs = _evaluate(PD, W, nd, ia, lo, half, mid, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK)
     if G < 0:                                                    # root in (mid, hi): origin hi
         origin = hi; t = -half; blo = -half; bhi = 0.0; dlo = -width; dhi = 0.0
         for j in range(nd): PD[j] = D[j] - hi
@@ -125,7 +153,7 @@ def _root(D, PD, W, nd, ia, hi, lo, c0, eps, rho, max_iter, ta, tN, tmN, tK, hb,
         tn = r2 if (r2 > dlo and r2 < dhi) else r1
         if abs(tn - t) <= 2 * eps * abs(origin + t): return origin + t, it
         if not (tn > blo and tn < bhi): tn = (blo + bhi) / 2     # outside the sign bracket (or NaN): bisect
-        G, dpsi, dphi, gabs = _evaluate(PD, W, nd, ia, origin, tn, origin + tn, c0, eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK)
+        G, dpsi, dphi, gabs = _evaluate(PD, W, nd, ia, origin, tn, origin + tn, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK)
         if G < 0: blo = tn
         elif G > 0: bhi = tn
         xabs = abs(origin + tn)
@@ -175,10 +203,9 @@ def _work_row(x, exact_sum, f32, w):
 
 # %% ../nbs/01b_kernel.ipynb #8022d9fd
 @njit(inline="always", **_JIT)
-def _nterms(u, ntab, bi):
+def _nterms(u, ntab):
     "Terms the series of u keeps, from u's binary exponent: ntab[e] counts them for the top of that binade (a bound)."
-    bi[0] = u                                                    # bi: a 1-element float64 buffer, viewed as int64 below
-    return ntab[(bi.view(np.int64)[0] >> 52) & 0x7FF]
+    return ntab[(np.float64(u).view(np.int64) >> 52) & 0x7FF]   # the biased exponent field, a bit cast in a register
 
 # %% ../nbs/01b_kernel.ipynb #f34e6b7f
 @njit(**_JIT)
@@ -198,65 +225,65 @@ def _series_table(K, thr):
 def _power_sums_into(S, j0, j1, scale, above, K, ntab, out, blk, err):
     "out[m-1] += sum_{j0 <= j < j1} u_j^m, u = S_j / scale (tail) or scale / S_j (head): 4 entries at a time (independent\n    chains), each group as far as its largest u needs, groups of 32 entries added by TwoSum; returns the terms used."
     mx = 0
-    bi = np.empty(1)
     for m in range(K): err[m] = 0.0
-    j = j0
-    while j < j1:
-        e = min(j + 32, j1)
-        for m in range(K): blk[m] = 0.0
+    X = S[j0:j1]; n1 = j1 - j0                                  # a view from 0: indices provably >= 0 (no wraparound code)
+    j = 0
+    while j < n1:
+        e = min(j + 32, n1)
+        for m in range(K):
+            for l in range(4): blk[m, l] = 0.0
         bm = 0
         while j + 4 <= e:
             if above:
-                u0 = scale / S[j]; u1 = scale / S[j + 1]; u2 = scale / S[j + 2]; u3 = scale / S[j + 3]
+                u0 = scale / X[j]; u1 = scale / X[j + 1]; u2 = scale / X[j + 2]; u3 = scale / X[j + 3]
             else:
-                u0 = S[j] / scale; u1 = S[j + 1] / scale; u2 = S[j + 2] / scale; u3 = S[j + 3] / scale
-            n = _nterms(max(max(u0, u1), max(u2, u3)), ntab, bi)   # extra terms of the smaller u only add accuracy
+                u0 = X[j] / scale; u1 = X[j + 1] / scale; u2 = X[j + 2] / scale; u3 = X[j + 3] / scale
+            n = _nterms(max(max(u0, u1), max(u2, u3)), ntab)   # extra terms of the smaller u only add accuracy
             q0 = u0; q1 = u1; q2 = u2; q3 = u3
-            for m in range(n):
-                blk[m] += (q0 + q1) + (q2 + q3)
+            for m in range(n):                                   # 4 lanes side by side: one vector add and multiply
+                blk[m, 0] += q0; blk[m, 1] += q1; blk[m, 2] += q2; blk[m, 3] += q3
                 q0 *= u0; q1 *= u1; q2 *= u2; q3 *= u3
             if n > bm: bm = n
             j += 4
         while j < e:
-            u0 = scale / S[j] if above else S[j] / scale
-            n = _nterms(u0, ntab, bi)
+            u0 = scale / X[j] if above else X[j] / scale
+            n = _nterms(u0, ntab)
             q0 = u0
             for m in range(n):
-                blk[m] += q0; q0 *= u0
+                blk[m, 0] += q0; q0 *= u0
             if n > bm: bm = n
             j += 1
         for m in range(bm):
-            out[m], d = _two_sum(out[m], blk[m]); err[m] += d
+            out[m], d = _two_sum(out[m], (blk[m, 0] + blk[m, 1]) + (blk[m, 2] + blk[m, 3])); err[m] += d
         if bm > mx: mx = bm
     for m in range(mx): out[m] += err[m]
     return mx
 
 # %% ../nbs/01b_kernel.ipynb #6444f1a2
+@njit(inline="always", **_JIT)
+def _exp_gap(ea, v):
+    "How many binades v lies below a (ea: a's biased exponent), clipped to [0, 64]: the bucket of p_j / a."
+    return min(64, max(0, ea - ((np.float64(v).view(np.int64) >> 52) & 0x7FF)))
+
 @njit(**_JIT)
-def _by_exponent(Tl, nt, a, U, cnt):
-    "Tail entries grouped by the binary exponent of p_j / a, largest first (a counting sort on the exponent bits):\n    groups of 4 then need alike numbers of series terms."
-    Tl[nt] = a
-    Ti = Tl.view(np.int64)
-    ea = (Ti[nt] >> 52) & 0x7FF
-    for e in range(130): cnt[e] = 0
-    for j in range(nt):
-        e = min(64, max(0, ea - ((Ti[j] >> 52) & 0x7FF)))
-        cnt[e] += 1
+def _by_exponent(Tl, nt, ea, U, cnt):
+    "Tail entries grouped by the binary exponent of p_j / a, largest first (a counting sort on the exponent bits; cnt[:65]\n    holds the bucket counts, taken in the gathering pass): groups of 4 then need alike numbers of series terms."
     acc = 0
     for e in range(65):
         cnt[65 + e] = acc; acc += cnt[e]
     for j in range(nt):
-        e = 65 + min(64, max(0, ea - ((Ti[j] >> 52) & 0x7FF)))
+        e = 65 + _exp_gap(ea, Tl[j])
         U[cnt[e]] = Tl[j]; cnt[e] += 1
 
 # %% ../nbs/01b_kernel.ipynb #68e2cd1c
 @njit(**_JIT)
 def _compress(S, j0, j1, D, W):
     "Tied poles merged: D = distinct values of S[j0:j1] (descending), W = multiplicity * value; their number."
-    n = 0; j = j0
-    while j < j1:
-        v = S[j]; c = 1
-        while j + c < j1 and S[j + c] == v: c += 1
+    X = S[j0:j1]; n1 = j1 - j0                                  # a view from 0: no wraparound code
+    n = 0; j = 0
+    while j < n1:
+        v = X[j]; c = 1
+        while j + c < n1 and X[j + c] == v: c += 1
         D[n] = v; W[n] = c * v; n += 1; j += c
     return n
 
@@ -296,10 +323,10 @@ def _tile(S, nnz, T, w0, w1, c0, s, exact, eps, rho, K, ntab, max_iter, out, ite
 @njit(**_JIT)
 def _sorted_desc(w, T, S):
     "S[:T] = w sorted descending; the number of positive entries."
-    srt = np.sort(w[:T])
+    w[:T].sort()                                                 # in place: w is the row's scratch copy
     nnz = 0
     for j in range(T):
-        S[j] = srt[T - 1 - j]
+        S[j] = w[T - 1 - j]
         if S[j] > 0: nnz += 1
     return nnz
 
@@ -309,13 +336,15 @@ def _select_topk(w, T, k, S):
     "The top k+1 entries of w by insertion into S[:k+1] (descending; zeros where T <= k)."
     n = min(k + 1, T)
     for j in range(k + 1): S[j] = -1.0
+    bar = -1.0                                                   # S[n - 1] kept in a register: the common case is one compare
     for j in range(T):
         v = w[j]
-        if v > S[n - 1]:
+        if v > bar:
             q = n - 1
             while q > 0 and S[q - 1] < v:
                 S[q] = S[q - 1]; q -= 1
             S[q] = v
+            bar = S[n - 1]
     for j in range(n, k + 1): S[j] = 0.0
 
 # %% ../nbs/01b_kernel.ipynb #d615b724
@@ -326,22 +355,23 @@ def _row_topk(w, T, k, c0, s, exact, eps, K, ntab, max_iter, out, iters, S, D, P
     a = S[k] if k < T else 0.0
     cut = _RHO * a
     nd = 0; nt = 0
-    for j in range(T):                                           # tail 0 < p_j <= rho a
-        v = w[j]
-        if v <= cut and v > 0: Tl[nt] = v; nt += 1
-    nd = T - nt                                                  # (zeros counted here: the torch path's rule below)
+    ea = (np.float64(a).view(np.int64) >> 52) & 0x7FF
+    for e in range(65): cnt[e] = 0
+    for j in range(T):                                           # one pass: direct poles p_j > rho a, tail 0 < p_j <= rho a
+        v = w[j]                                                 # (its exponent buckets counted on the way)
+        if v > cut: D[nd] = v; nd += 1
+        elif v > 0:
+            Tl[nt] = v; nt += 1; cnt[_exp_gap(ea, v)] += 1
     tK = 0
-    if T - nd >= 2 * K and a > 0:                                # the tail by power sums (the torch path's rule)
+    if nt >= 2 * K and a > 0:                                    # the tail by power sums (the torch path's rule)
         for m in range(K): N[m] = 0.0
-        _by_exponent(Tl, nt, a, D, cnt)
-        tK = _power_sums_into(D, 0, nt, a, False, K, ntab, N, blk, err)
+        _by_exponent(Tl, nt, ea, PD, cnt)                        # PD: free until the roots
+        tK = _power_sums_into(PD, 0, nt, a, False, K, ntab, N, blk, err)
         for m in range(K): mN[m] = (m + 1) * N[m]
-    nd = 0
-    for j in range(T):                                           # direct poles: p_j > rho a (with the tail if short)
-        v = w[j]
-        if v > cut or (tK == 0 and v > 0): D[nd] = v; nd += 1
-    srt = np.sort(D[:nd])
-    for j in range(nd): Tl[j] = srt[nd - 1 - j]
+    else:                                                        # a short tail is summed directly
+        for j in range(nt): D[nd] = Tl[j]; nd += 1
+    D[:nd].sort()                                                # in place, no heap scratch
+    for j in range(nd): Tl[j] = D[nd - 1 - j]
     nd = _compress(Tl, 0, nd, D, W)
     ia = 0
     for i in range(k):
@@ -369,7 +399,7 @@ def topk_rows(P, ok, k, exact, f32, eps, K, max_iter, out, iters, nchunk, rho_t=
     for c in prange(nchunk):                                     # one scratch set per chunk of rows
         w = np.empty(T); S = np.empty(T + 1); D = np.empty(T + 1); W = np.empty(T + 1); Tl = np.empty(T + 1); PD = np.empty(T + 1)
         N = np.zeros(KK); mN = np.zeros(KK); M = np.zeros(KK + 1); mM = np.zeros(KK + 1)
-        blk = np.zeros(KK); err = np.zeros(KK)
+        blk = np.zeros((KK, 4)); err = np.zeros(KK)
         o = np.empty(_WIN); oi = np.empty(_WIN, dtype=np.int32); cnt = np.empty(130, dtype=np.int64)
         for r in range(c * per, min(R, (c + 1) * per)):
             if not ok[r]:                                        # padding: NaN, whatever the row holds
@@ -402,7 +432,7 @@ def lambda_min_rows(P, ok, exact, f32, eps, max_iter, out, nchunk, rho_t=0.5):
     for c in prange(nchunk):
         w = np.empty(T); S = np.empty(T + 1); D = np.empty(T + 1); W = np.empty(T + 1); PD = np.empty(T + 1)
         N = np.zeros(K_t); mN = np.zeros(K_t); M = np.zeros(K_t + 1); mM = np.zeros(K_t + 1)
-        blk = np.zeros(K_t); err = np.zeros(K_t)
+        blk = np.zeros((K_t, 4)); err = np.zeros(K_t)
         o = np.empty(1); oi = np.empty(1, dtype=np.int32)
         for r in range(c * per, min(R, (c + 1) * per)):
             out[r] = np.nan
