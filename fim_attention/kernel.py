@@ -93,7 +93,7 @@ def _horner2(C, mC, n, z):
 # %% ../nbs/01b_kernel.ipynb #9c674901
 @njit(inline="always", **_JIT)
 def _log2_above(u):
-    "An upper bound of log2(u), u > 0 finite, within 0.09 of it: e + min(f / ln 2, 1) for u = (1 + f) 2^e, from the bits."
+    "An upper bound of log2(u), u > 0 finite (within 0.25 of it for normal u): e + min(f / ln 2, 1) for u = (1 + f) 2^e, from the bits."
     b = np.float64(u).view(np.int64)
     f = (b & 0xFFFFFFFFFFFFF) * 2.0 ** -52                       # log2(1 + f) <= f / ln 2 (and <= 1)
     return (((b >> 52) & 0x7FF) - 1023) + min(1.4426950408889634 * f, 1.0)
@@ -111,7 +111,7 @@ def _evaluate(PD, W, nd, ia, origin, t, x, c0, l2eps, rho, ta, tN, tmN, tK, hb, 
         n = tK
         hz = rho * z                                            # N_m <= rho^(m-1) N_1: term m <= z (rho z)^(m-1) N_1
         if hz > 0 and hz < 0.5:                                  # a bound of log2(hz) from its bits: no log call, at most
-            n = min(tK, 2 + int(l2eps / _log2_above(hz)))        # ~15% more terms than the exact count
+            n = min(tK, 2 + int(l2eps / _log2_above(hz)))        # ~25% more terms than the exact count
         g, dg = _horner2(tN, tmN, n, z)
         gneg -= g; dpsi += dg / x
     if hK > 0:                                                   # far poles above: sum_m y^m M_m, y = x / b < 1
@@ -227,6 +227,7 @@ def _power_sums_into(S, j0, j1, scale, above, K, ntab, out, blk, err):
     mx = 0
     for m in range(K): err[m] = 0.0
     X = S[j0:j1]; n1 = j1 - j0                                  # a view from 0: indices provably >= 0 (no wraparound code)
+    inv = 1.0 / scale                                            # the tail's u = S_j * (1 / a): a multiply, not a division
     j = 0
     while j < n1:
         e = min(j + 32, n1)
@@ -237,7 +238,7 @@ def _power_sums_into(S, j0, j1, scale, above, K, ntab, out, blk, err):
             if above:
                 u0 = scale / X[j]; u1 = scale / X[j + 1]; u2 = scale / X[j + 2]; u3 = scale / X[j + 3]
             else:
-                u0 = X[j] / scale; u1 = X[j + 1] / scale; u2 = X[j + 2] / scale; u3 = X[j + 3] / scale
+                u0 = X[j] * inv; u1 = X[j + 1] * inv; u2 = X[j + 2] * inv; u3 = X[j + 3] * inv
             n = _nterms(max(max(u0, u1), max(u2, u3)), ntab)   # extra terms of the smaller u only add accuracy
             q0 = u0; q1 = u1; q2 = u2; q3 = u3
             for m in range(n):                                   # 4 lanes side by side: one vector add and multiply
@@ -246,7 +247,7 @@ def _power_sums_into(S, j0, j1, scale, above, K, ntab, out, blk, err):
             if n > bm: bm = n
             j += 4
         while j < e:
-            u0 = scale / X[j] if above else X[j] / scale
+            u0 = scale / X[j] if above else X[j] * inv
             n = _nterms(u0, ntab)
             q0 = u0
             for m in range(n):
@@ -537,6 +538,10 @@ def threads()->int:
 
 def _series_terms(eps:float)->int: return math.ceil(math.log(eps / 4) / math.log(_RHO))
 
+def _chunks(R:int, nt:int)->int:
+    "Chunks of rows for nt threads: 16 per thread, handed out one at a time (`parallel_chunksize(1)` at the call)."
+    return max(1, min(R, 16 * nt if nt > 1 else 1))
+
 def topk(P:np.ndarray, # (R, T) float32/float64, C-contiguous, validated rows
          ok:np.ndarray, # (R,) bool: rows to compute (others NaN)
          k:int, # top-k eigenvalues, 1 <= k <= T
@@ -550,8 +555,9 @@ def topk(P:np.ndarray, # (R, T) float32/float64, C-contiguous, validated rows
     if out is None: out = np.empty((R, k), dtype=P.dtype)
     it = np.empty((R, k), dtype=np.int32)
     nt = threads()
-    topk_rows(P, ok, int(k), bool(normalize), P.dtype == np.float32, eps, _series_terms(eps), int(max_iter), out, it,
-              max(1, min(R, 4 * nt if nt > 1 else 1)))
+    with numba.parallel_chunksize(1):                            # dynamic: a thread slowed by a neighbour takes fewer chunks
+        topk_rows(P, ok, int(k), bool(normalize), P.dtype == np.float32, eps, _series_terms(eps), int(max_iter), out, it,
+                  _chunks(R, nt))
     return out, it
 
 def lambda_min(P:np.ndarray, # (R, T) float32/float64, C-contiguous, validated rows
@@ -563,5 +569,6 @@ def lambda_min(P:np.ndarray, # (R, T) float32/float64, C-contiguous, validated r
     eps = float(np.finfo(P.dtype).eps)
     if out is None: out = np.empty(P.shape[0], dtype=P.dtype)
     nt = threads()
-    lambda_min_rows(P, ok, bool(normalize), P.dtype == np.float32, eps, int(max_iter), out, max(1, min(P.shape[0], 4 * nt if nt > 1 else 1)))
+    with numba.parallel_chunksize(1):
+        lambda_min_rows(P, ok, bool(normalize), P.dtype == np.float32, eps, int(max_iter), out, _chunks(P.shape[0], nt))
     return out
