@@ -186,13 +186,13 @@ def _count_gt(S, n, v):
 
 # %% ../nbs/01b_kernel.ipynb #93d517b8
 @njit(**_JIT)
-def _work_row(x, exact_sum, f32, w):
-    "Row into float64 w; returns (c0, s): for a distribution the rounded p/s as check_probs forms it, c0 = 0 and its sum s."
+def _work_row(x, exact_sum, f32, w, s_known):
+    "Row into float64 w; returns (c0, s): for a distribution the rounded p/s as check_probs forms it, c0 = 0 and its sum s\n    (s_known: the row's compensated float64 sum when the caller has it, from `row_stats`; NaN: computed here)."
     T = x.shape[0]
     if not exact_sum:
         for j in range(T): w[j] = x[j]
         return _one_minus_sum(x), 1.0
-    s = 1.0 - _one_minus_sum(x)                                  # the float64 row sum, compensated
+    s = s_known if s_known == s_known else 1.0 - _one_minus_sum(x)   # the float64 row sum, compensated (one pass saved if known)
     if f32:
         s32 = np.float32(s)
         for j in range(T): w[j] = np.float64(np.float32(x[j]) / s32)   # float32 division, as check_probs divides
@@ -387,8 +387,8 @@ def _row_topk(w, T, k, c0, s, exact, eps, K, ntab, max_iter, out, iters, S, D, P
 
 # %% ../nbs/01b_kernel.ipynb #372b4941
 @njit(parallel=True, **_JIT)
-def topk_rows(P, ok, k, exact, f32, eps, K, max_iter, out, iters, nchunk, rho_t=0.5):
-    "Top-k FIM eigenvalues (tau = 1) of every row of P (R, T), float32 or float64, into out (R, k); iterations into iters."
+def topk_rows(P, ok, k, exact, f32, eps, K, max_iter, out, iters, nchunk, sums, rho_t=0.5):
+    "Top-k FIM eigenvalues (tau = 1) of every row of P (R, T), float32 or float64, into out (R, k); iterations into iters\n    (sums: (R,) the rows' compensated sums from `row_stats`, or empty)."
     R, T = P.shape
     thr = _RHO ** K
     ntab = _series_table(K, thr)                                # series terms for u < 2^(e - 1022), e the biased exponent
@@ -407,7 +407,7 @@ def topk_rows(P, ok, k, exact, f32, eps, K, max_iter, out, iters, nchunk, rho_t=
                 for i in range(k):
                     out[r, i] = np.nan; iters[r, i] = 0
                 continue
-            c0, s = _work_row(P[r], exact, f32, w)
+            c0, s = _work_row(P[r], exact, f32, w, sums[r] if sums.shape[0] == R else np.nan)
             if k <= _WIN:
                 _row_topk(w, T, k, c0, s, exact, eps, K, ntab, max_iter, o, oi, S, D, PD, W, Tl, N, mN, M, mM, blk, err, cnt)
                 for i in range(k):
@@ -423,7 +423,7 @@ def topk_rows(P, ok, k, exact, f32, eps, K, max_iter, out, iters, nchunk, rho_t=
 
 # %% ../nbs/01b_kernel.ipynb #28aca58e
 @njit(parallel=True, **_JIT)
-def lambda_min_rows(P, ok, exact, f32, eps, max_iter, out, nchunk, rho_t=0.5):
+def lambda_min_rows(P, ok, exact, f32, eps, max_iter, out, nchunk, sums, rho_t=0.5):
     "lambda_(m-1), the smallest eigenvalue on the support's tangent space (tau = 1), of every row; NaN where m <= 1."
     R, T = P.shape
     K_t = int(math.ceil(math.log(eps / 4) / math.log(rho_t)))
@@ -438,7 +438,7 @@ def lambda_min_rows(P, ok, exact, f32, eps, max_iter, out, nchunk, rho_t=0.5):
         for r in range(c * per, min(R, (c + 1) * per)):
             out[r] = np.nan
             if not ok[r]: continue
-            c0, s = _work_row(P[r], exact, f32, w)
+            c0, s = _work_row(P[r], exact, f32, w, sums[r] if sums.shape[0] == R else np.nan)
             nnz = _sorted_desc(w, T, S)
             S[T] = 0.0
             if nnz <= 1: continue                                # one-hot (or empty): no tangent space
@@ -448,8 +448,8 @@ def lambda_min_rows(P, ok, exact, f32, eps, max_iter, out, nchunk, rho_t=0.5):
 
 # %% ../nbs/01b_kernel.ipynb #91f3597c
 @njit(parallel=True, **_JIT)
-def row_stats(P, ok, exact, stats, nthreads):
-    "Per valid row in one pass: [non-finite count, negative count, min, float64 sum, support size, trace of F(p) or F(p/s)]."
+def row_stats(P, ok, exact, stats, nthreads, trace=True):
+    "Per valid row: [non-finite count, negative count, min, float64 sum, support size, trace of F(p) or F(p/s) (NaN\n    unless `trace`)]; min and the counts are read only when the row is finite (the callers raise on non-finite first)."
     R, T = P.shape
     nchunk = max(1, min(R, 4 * nthreads if nthreads > 1 else 1))
     per = (R + nchunk - 1) // nchunk
@@ -458,20 +458,23 @@ def row_stats(P, ok, exact, stats, nthreads):
             if not ok[r]:
                 for q in range(6): stats[r, q] = 0.0
                 continue
-            nf = 0; ng = 0; mn = np.inf; sm = 0.0; nz = 0; tr = 0.0
-            for j in range(T):
-                v = np.float64(P[r, j])
-                if not np.isfinite(v): nf += 1; continue
-                if v < 0: ng += 1
-                if v < mn: mn = v
-                if v > 0: nz += 1
-                tr += v * (1.0 - v)
-            if nf == 0: sm = 1.0 - _one_minus_sum(P[r])          # compensated: a running sum drifts by ~T eps at large T
-            if exact and sm > 0 and nf == 0:                     # trace of F(p/s) = sum_j p_j (s - p_j) / s^2: no cancellation
-                tr = 0.0
-                for j in range(T):
-                    v = np.float64(P[r, j]); tr += v * (sm - v)
-                tr = tr / (sm * sm)
+            x = P[r]
+            nf = 0; ng = 0; mn = np.inf; sm = 0.0; nz = 0; tr = np.nan
+            for j in range(T):                                   # no branches: counts and min in vector lanes
+                v = np.float64(x[j])
+                nf += not np.isfinite(v); ng += v < 0; nz += v > 0
+                mn = min(mn, v)
+            if nf == 0: sm = 1.0 - _one_minus_sum(x)             # compensated: a running sum drifts by ~T eps at large T
+            if trace and nf == 0:
+                if exact and sm > 0:                             # trace of F(p/s) = sum_j p_j (s - p_j) / s^2: no cancellation
+                    tr = 0.0
+                    for j in range(T):
+                        v = np.float64(x[j]); tr += v * (sm - v)
+                    tr = tr / (sm * sm)
+                else:
+                    tr = 0.0
+                    for j in range(T):
+                        v = np.float64(x[j]); tr += v * (1.0 - v)
             stats[r, 0] = nf; stats[r, 1] = ng; stats[r, 2] = mn; stats[r, 3] = sm; stats[r, 4] = nz; stats[r, 5] = tr
 
 # %% ../nbs/01b_kernel.ipynb #4cc89dd9
@@ -538,6 +541,13 @@ def threads()->int:
 
 def _series_terms(eps:float)->int: return math.ceil(math.log(eps / 4) / math.log(_RHO))
 
+def _sums(sums, R:int)->np.ndarray:
+    "Known row sums as the kernels take them: (R,) float64, or an empty array (computed per row)."
+    if sums is None: return np.empty(0)
+    sums = np.ascontiguousarray(sums, dtype=np.float64)
+    if sums.shape != (R,): raise ValueError(f"sums must have shape ({R},), got {sums.shape}")
+    return sums
+
 def _chunks(R:int, nt:int)->int:
     "Chunks of rows for nt threads: 16 per thread, handed out one at a time (`parallel_chunksize(1)` at the call)."
     return max(1, min(R, 16 * nt if nt > 1 else 1))
@@ -548,6 +558,7 @@ def topk(P:np.ndarray, # (R, T) float32/float64, C-contiguous, validated rows
          normalize:bool=False, # rows read as distributions (c0 = 0, divided by the sum)
          max_iter:int=100,
          out:np.ndarray|None=None, # (R, k) in P's dtype: written in place
+         sums:np.ndarray|None=None, # (R,) float64 compensated row sums from `row_stats` (normalize=True): one pass fewer
         )->tuple[np.ndarray, np.ndarray]: # (eigenvalues (R, k) descending, iterations (R, k) int32, -1 where not converged)
     "Top-k FIM eigenvalues (tau = 1) of every row: the compiled per-row kernel."
     R, T = P.shape
@@ -557,18 +568,20 @@ def topk(P:np.ndarray, # (R, T) float32/float64, C-contiguous, validated rows
     nt = threads()
     with numba.parallel_chunksize(1):                            # dynamic: a thread slowed by a neighbour takes fewer chunks
         topk_rows(P, ok, int(k), bool(normalize), P.dtype == np.float32, eps, _series_terms(eps), int(max_iter), out, it,
-                  _chunks(R, nt))
+                  _chunks(R, nt), _sums(sums, R))
     return out, it
 
 def lambda_min(P:np.ndarray, # (R, T) float32/float64, C-contiguous, validated rows
                ok:np.ndarray, # (R,) bool: rows to compute (others NaN)
                normalize:bool=False, max_iter:int=100,
                out:np.ndarray|None=None, # (R,) in P's dtype: written in place
+               sums:np.ndarray|None=None, # (R,) float64 compensated row sums from `row_stats` (normalize=True)
               )->np.ndarray: # (R,) lambda_(m-1) per row (tau = 1), NaN where m <= 1
     "The smallest eigenvalue on the support's tangent space of every row: one root per row, the compiled kernel."
     eps = float(np.finfo(P.dtype).eps)
     if out is None: out = np.empty(P.shape[0], dtype=P.dtype)
     nt = threads()
     with numba.parallel_chunksize(1):
-        lambda_min_rows(P, ok, bool(normalize), P.dtype == np.float32, eps, int(max_iter), out, _chunks(P.shape[0], nt))
+        lambda_min_rows(P, ok, bool(normalize), P.dtype == np.float32, eps, int(max_iter), out, _chunks(P.shape[0], nt),
+                        _sums(sums, P.shape[0]))
     return out

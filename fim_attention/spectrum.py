@@ -506,15 +506,15 @@ def _chunks(P:Tensor, max_bytes:int):
         if copy: C = C.to(torch.float32 if P.dtype in _HALF else P.dtype).contiguous()
         yield s, C.numpy()
 
-def _lean_check(p, normalize:bool=False, valid=None, name:str="p", max_bytes:int=2**28):
-    "check_probs's checks and messages in one compiled pass per row (no tensor-sized temporaries): (rows (R, T), ok (R,), stats (R, 6))."
+def _lean_check(p, normalize:bool=False, valid=None, name:str="p", max_bytes:int=2**28, trace:bool=True):
+    "check_probs's checks and messages in one compiled pass per row (no tensor-sized temporaries): (rows (R, T), ok (R,), stats (R, 6));\n    the trace column only if `trace` (one more pass over the row)."
     p = _check_tensor(p, name)
     T = p.shape[-1]
     vmask = _valid_mask(p, valid, name)
     P = _rows2d(p)
     ok = vmask.reshape(-1).contiguous()
     st = np.empty((P.shape[0], 6))                                               # non-finite, negative, min, sum, support, trace
-    for s, C in _chunks(P, max_bytes): _kernel().row_stats(C, ok[s:s + C.shape[0]].numpy(), bool(normalize), st[s:s + C.shape[0]], _kernel().threads())
+    for s, C in _chunks(P, max_bytes): _kernel().row_stats(C, ok[s:s + C.shape[0]].numpy(), bool(normalize), st[s:s + C.shape[0]], _kernel().threads(), trace)
     okn = ok.numpy()
     if (st[okn, 0] > 0).any(): raise ValueError(f"{name} contains NaN or Inf in a valid row")
     if (st[okn, 1] > 0).any():
@@ -548,13 +548,14 @@ def row_summary(p:Tensor, # (..., T) probabilities
 
 def _kernel_eigvalsh(p, k, normalize, valid, max_bytes, max_iter):
     "fim_eigvalsh (tau = 1) through the compiled kernel: (R, T) validated rows -> (..., k)."
-    P, ok, st = _lean_check(p, normalize, valid, max_bytes=max_bytes)
+    P, ok, st = _lean_check(p, normalize, valid, max_bytes=max_bytes, trace=False)
     T = P.shape[1]; k = _check_k(k, T)
     wdt = torch.float32 if P.dtype in _HALF else P.dtype
     out = torch.empty(P.shape[0], k, dtype=wdt)
     bad = 0
     for s, C in _chunks(P, max_bytes):
-        _, it = _kernel().topk(C, ok[s:s + C.shape[0]].numpy(), k, normalize, max_iter, out=out[s:s + C.shape[0]].numpy())
+        _, it = _kernel().topk(C, ok[s:s + C.shape[0]].numpy(), k, normalize, max_iter, out=out[s:s + C.shape[0]].numpy(),
+                               sums=st[s:s + C.shape[0], 3] if normalize else None)   # the sums row_stats took: one pass fewer
         bad += int((it < 0).sum())
     if bad: warnings.warn(f"fim_eigvalsh: {bad} secular roots did not meet the tolerance in {max_iter} iterations")
     return out.reshape(*p.shape[:-1], k)
@@ -811,9 +812,10 @@ def lambda_plus_min(p:Tensor, # (..., T) probabilities
     "Smallest eigenvalue on the tangent space of the support, $\\lambda_{m-1}$, per row: one secular root, $O(T)$; NaN if $m \\le 1$."
     tau = check_tau(tau)
     if _use_kernel("auto", p):                                    # the compiled kernel: one root per row, no sorted copy
-        P, okr, _ = _lean_check(p, normalize, valid, max_bytes=max_bytes)
+        P, okr, st = _lean_check(p, normalize, valid, max_bytes=max_bytes, trace=False)
         out = torch.empty(P.shape[0], dtype=torch.float32 if P.dtype in _HALF else P.dtype)
-        for s, Cn in _chunks(P, max_bytes): _kernel().lambda_min(Cn, okr[s:s + Cn.shape[0]].numpy(), normalize, out=out[s:s + Cn.shape[0]].numpy())
+        for s, Cn in _chunks(P, max_bytes): _kernel().lambda_min(Cn, okr[s:s + Cn.shape[0]].numpy(), normalize, out=out[s:s + Cn.shape[0]].numpy(),
+                                                                sums=st[s:s + Cn.shape[0], 3] if normalize else None)
         return (out / tau**2).reshape(p.shape[:-1])
     p, ok = check_probs(p, normalize=normalize, valid=valid)
     T = p.shape[-1]

@@ -258,3 +258,24 @@ def test_mean_fim_lanczos_with_kernel_matches_oracle():
     lam = mean_fim_eigvalsh(p, k=16, method="lanczos")
     ref = torch.as_tensor(np.asarray(scipy_mean_fim_eigvalsh(p.numpy())))[..., :16]
     torch.testing.assert_close(lam, ref, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_known_row_sums_give_identical_results(dtype):
+    "Guards the one-pass-fewer hand-off: the sums row_stats takes give the kernel's own results to the bit (top-k, tiles, lambda_min)."
+    P = (make_family("dirichlet_1", 12, 70, seed=4) * 3).numpy().astype(dtype)
+    ok = np.ones(12, dtype=np.bool_)
+    st = np.empty((12, 6))
+    kernel.row_stats(P, ok, True, st, 1, False)
+    assert np.isnan(st[:, 5]).all()                              # no trace asked for: no trace pass
+    for k in (16, 70):
+        a, ia = kernel.topk(P, ok, k, normalize=True)
+        b, ib = kernel.topk(P, ok, k, normalize=True, sums=st[:, 3])
+        assert np.array_equal(a, b) and np.array_equal(ia, ib)
+    assert np.array_equal(kernel.lambda_min(P, ok, normalize=True), kernel.lambda_min(P, ok, normalize=True, sums=st[:, 3]))
+
+
+def test_known_row_sums_wrong_inputs():
+    P = np.full((3, 4), 0.25); ok = np.ones(3, dtype=np.bool_)
+    with pytest.raises(ValueError, match=r"sums must have shape \(3,\)"): kernel.topk(P, ok, 2, normalize=True, sums=np.ones(2))
+    with pytest.raises(ValueError, match=r"sums must have shape \(3,\)"): kernel.lambda_min(P, ok, normalize=True, sums=np.ones((3, 1)))
