@@ -221,42 +221,37 @@ def _series_table(K, thr):
 
 
 # %% ../nbs/01b_kernel.ipynb #810249d7
+@njit(fastmath={"reassoc", "contract"}, **_JIT)
+def _block_powers(U, Q, nb, n, bv):
+    "bv[m] = sum_{j < nb} U_j^(m+1) for m < n: powers in vector lanes, m outer (the sum of a block of positive terms)."
+    for j in range(nb): Q[j] = U[j]
+    for m in range(n):
+        s = 0.0
+        for j in range(nb):
+            s += Q[j]; Q[j] *= U[j]
+        bv[m] = s
+
 @njit(**_JIT)
 def _power_sums_into(S, j0, j1, scale, above, K, ntab, out, blk, err):
-    "out[m-1] += sum_{j0 <= j < j1} u_j^m, u = S_j / scale (tail) or scale / S_j (head): 4 entries at a time (independent\n    chains), each group as far as its largest u needs, groups of 32 entries added by TwoSum; returns the terms used."
+    "out[m-1] += sum_{j0 <= j < j1} u_j^m, u = S_j / scale (tail) or scale / S_j (head): blocks of 32 entries, each as far\n    as its largest u needs (`_block_powers`), the blocks added by TwoSum; blk: (3, max(K, 32)) scratch; returns the terms used."
     mx = 0
     for m in range(K): err[m] = 0.0
     X = S[j0:j1]; n1 = j1 - j0                                  # a view from 0: indices provably >= 0 (no wraparound code)
     inv = 1.0 / scale                                            # the tail's u = S_j * (1 / a): a multiply, not a division
+    bv = blk[0]; U = blk[1]; Q = blk[2]
     j = 0
     while j < n1:
-        e = min(j + 32, n1)
-        for m in range(K):
-            for l in range(4): blk[m, l] = 0.0
-        bm = 0
-        while j + 4 <= e:
-            if above:
-                u0 = scale / X[j]; u1 = scale / X[j + 1]; u2 = scale / X[j + 2]; u3 = scale / X[j + 3]
-            else:
-                u0 = X[j] * inv; u1 = X[j + 1] * inv; u2 = X[j + 2] * inv; u3 = X[j + 3] * inv
-            n = _nterms(max(max(u0, u1), max(u2, u3)), ntab)   # extra terms of the smaller u only add accuracy
-            q0 = u0; q1 = u1; q2 = u2; q3 = u3
-            for m in range(n):                                   # 4 lanes side by side: one vector add and multiply
-                blk[m, 0] += q0; blk[m, 1] += q1; blk[m, 2] += q2; blk[m, 3] += q3
-                q0 *= u0; q1 *= u1; q2 *= u2; q3 *= u3
-            if n > bm: bm = n
-            j += 4
-        while j < e:
-            u0 = scale / X[j] if above else X[j] * inv
-            n = _nterms(u0, ntab)
-            q0 = u0
-            for m in range(n):
-                blk[m, 0] += q0; q0 *= u0
-            if n > bm: bm = n
-            j += 1
-        for m in range(bm):
-            out[m], d = _two_sum(out[m], (blk[m, 0] + blk[m, 1]) + (blk[m, 2] + blk[m, 3])); err[m] += d
-        if bm > mx: mx = bm
+        nb = min(32, n1 - j)
+        um = 0.0
+        for i in range(nb):
+            u = scale / X[j + i] if above else X[j + i] * inv
+            U[i] = u; um = max(um, u)
+        n = _nterms(um, ntab)                                    # extra terms of the smaller u only add accuracy
+        _block_powers(U, Q, nb, n, bv)
+        for m in range(n):
+            out[m], d = _two_sum(out[m], bv[m]); err[m] += d
+        if n > mx: mx = n
+        j += nb
     for m in range(mx): out[m] += err[m]
     return mx
 
@@ -400,7 +395,7 @@ def topk_rows(P, ok, k, exact, f32, eps, K, max_iter, out, iters, nchunk, sums, 
     for c in prange(nchunk):                                     # one scratch set per chunk of rows
         w = np.empty(T); S = np.empty(T + 1); D = np.empty(T + 1); W = np.empty(T + 1); Tl = np.empty(T + 1); PD = np.empty(T + 1)
         N = np.zeros(KK); mN = np.zeros(KK); M = np.zeros(KK + 1); mM = np.zeros(KK + 1)
-        blk = np.zeros((KK, 4)); err = np.zeros(KK)
+        blk = np.zeros((3, max(KK, 32))); err = np.zeros(KK)
         o = np.empty(_WIN); oi = np.empty(_WIN, dtype=np.int32); cnt = np.empty(130, dtype=np.int64)
         for r in range(c * per, min(R, (c + 1) * per)):
             if not ok[r]:                                        # padding: NaN, whatever the row holds
@@ -433,7 +428,7 @@ def lambda_min_rows(P, ok, exact, f32, eps, max_iter, out, nchunk, sums, rho_t=0
     for c in prange(nchunk):
         w = np.empty(T); S = np.empty(T + 1); D = np.empty(T + 1); W = np.empty(T + 1); PD = np.empty(T + 1)
         N = np.zeros(K_t); mN = np.zeros(K_t); M = np.zeros(K_t + 1); mM = np.zeros(K_t + 1)
-        blk = np.zeros((K_t, 4)); err = np.zeros(K_t)
+        blk = np.zeros((3, max(K_t, 32))); err = np.zeros(K_t)
         o = np.empty(1); oi = np.empty(1, dtype=np.int32)
         for r in range(c * per, min(R, (c + 1) * per)):
             out[r] = np.nan
