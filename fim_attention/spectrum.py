@@ -514,7 +514,7 @@ def _lean_check(p, normalize:bool=False, valid=None, name:str="p", max_bytes:int
     P = _rows2d(p)
     ok = vmask.reshape(-1).contiguous()
     st = np.empty((P.shape[0], 6))                                               # non-finite, negative, min, sum, support, trace
-    for s, C in _chunks(P, max_bytes): _kernel().row_stats(C, ok[s:s + C.shape[0]].numpy(), bool(normalize), st[s:s + C.shape[0]], _kernel().threads(), trace)
+    for s, C in _chunks(P, max_bytes): _kernel().stats(C, ok[s:s + C.shape[0]].numpy(), normalize, st[s:s + C.shape[0]], trace)
     okn = ok.numpy()
     if (st[okn, 0] > 0).any(): raise ValueError(f"{name} contains NaN or Inf in a valid row")
     if (st[okn, 1] > 0).any():
