@@ -52,17 +52,6 @@ def _block(PD, W, j0, j1, t):
         g += q; d += q * r
     return g, d
 
-@njit(fastmath={"reassoc", "contract"}, **_JIT)
-def _block2(PD, W, ia, nd, t):
-    "Both sides' sums in one call (each side one block): (sum_{j<ia}, sum_{j<ia} squared, sum_{ia<=j<nd}, squared)."
-    A = PD[:ia]; U = W[:ia]; B = PD[ia:nd]; V = W[ia:nd]
-    g = 0.0; d = 0.0; h = 0.0; e = 0.0
-    for j in range(A.shape[0]):
-        r = 1.0 / (A[j] - t); q = U[j] * r; g += q; d += q * r
-    for j in range(B.shape[0]):
-        r = 1.0 / (B[j] - t); q = V[j] * r; h += q; e += q * r
-    return g, d, h, e
-
 # %% ../nbs/01b_kernel.ipynb #18b07b3f
 @njit(inline="always", **_JIT)
 def _pole_sums(PD, W, j0, j1, t):
@@ -102,11 +91,8 @@ def _log2_above(u):
 @njit(**_JIT)
 def _evaluate(PD, W, nd, ia, origin, t, x, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK):
     "G(x), psi', phi' and sum|terms| over the direct poles D[:nd] (weights W, D[:ia] above x) and the far poles' power sums\n    (l2eps = log2(eps / 8): the series stop where their terms fall below eps / 8)."
-    if ia <= 64 and nd - ia <= 64:                               # each side one block: one call for both
-        gpos, dphi, gneg, dpsi = _block2(PD, W, ia, nd, t)
-    else:
-        gpos, dphi = _pole_sums(PD, W, 0, ia, t)                 # poles above x: positive terms
-        gneg, dpsi = _pole_sums(PD, W, ia, nd, t)                # poles below x: negative terms
+    gpos, dphi = _pole_sums(PD, W, 0, ia, t)                     # poles above x: positive terms
+    gneg, dpsi = _pole_sums(PD, W, ia, nd, t)                    # poles below x: negative terms
     if tK > 0:                                                   # far poles below: sum_m z^m N_m, z = a / x <= 1
         z = ta / x
         n = tK
@@ -264,7 +250,7 @@ def _exp_gap(ea, v):
 
 @njit(**_JIT)
 def _by_exponent(Tl, nt, ea, U, cnt):
-    "Tail entries grouped by the binary exponent of p_j / a, largest first (a counting sort on the exponent bits; cnt[:65]\n    holds the bucket counts, taken in the gathering pass): groups of 4 then need alike numbers of series terms."
+    "Tail entries grouped by the binary exponent of p_j / a, largest first (a counting sort on the exponent bits; cnt[:65]\n    holds the bucket counts, taken in the gathering pass): the entries of a block of 32 then need alike numbers of series terms."
     acc = 0
     for e in range(65):
         cnt[65 + e] = acc; acc += cnt[e]
@@ -444,10 +430,9 @@ def lambda_min_rows(P, ok, exact, f32, eps, max_iter, out, nchunk, sums, rho_t=0
 
 # %% ../nbs/01b_kernel.ipynb #91f3597c
 @njit(parallel=True, **_JIT)
-def row_stats(P, ok, exact, stats, nthreads, trace=True):
+def row_stats(P, ok, exact, stats, nchunk, trace=True):
     "Per valid row: [non-finite count, negative count, min, float64 sum, support size, trace of F(p) or F(p/s) (NaN\n    unless `trace`)]; min and the counts are read only when the row is finite (the callers raise on non-finite first)."
     R, T = P.shape
-    nchunk = max(1, min(R, 16 * nthreads if nthreads > 1 else 1))   # handed out one at a time: see `stats`
     per = (R + nchunk - 1) // nchunk
     for c in prange(nchunk):
         for r in range(c * per, min(R, (c + 1) * per)):
@@ -461,16 +446,13 @@ def row_stats(P, ok, exact, stats, nthreads, trace=True):
                 nf += not np.isfinite(v); ng += v < 0; nz += v > 0
                 mn = min(mn, v)
             if nf == 0: sm = 1.0 - _one_minus_sum(x)             # compensated: a running sum drifts by ~T eps at large T
-            if trace and nf == 0:
-                if exact and sm > 0:                             # trace of F(p/s) = sum_j p_j (s - p_j) / s^2: no cancellation
-                    tr = 0.0
-                    for j in range(T):
-                        v = np.float64(x[j]); tr += v * (sm - v)
-                    tr = tr / (sm * sm)
-                else:
-                    tr = 0.0
-                    for j in range(T):
-                        v = np.float64(x[j]); tr += v * (1.0 - v)
+            if trace and nf == 0:                                # F(p): sum_j p_j (1 - p_j); F(p/s): sum_j p_j (s - p_j) / s^2
+                scaled = exact and sm > 0                        # (no cancellation either way)
+                ref = sm if scaled else 1.0
+                tr = 0.0
+                for j in range(T):
+                    v = np.float64(x[j]); tr += v * (ref - v)
+                if scaled: tr = tr / (sm * sm)
             stats[r, 0] = nf; stats[r, 1] = ng; stats[r, 2] = mn; stats[r, 3] = sm; stats[r, 4] = nz; stats[r, 5] = tr
 
 # %% ../nbs/01b_kernel.ipynb #4cc89dd9
@@ -544,7 +526,7 @@ def _sums(sums, R:int)->np.ndarray:
     if sums.shape != (R,): raise ValueError(f"sums must have shape ({R},), got {sums.shape}")
     return sums
 
-def _chunks(R:int, nt:int)->int:
+def _nchunks(R:int, nt:int)->int:
     "Chunks of rows for nt threads: 16 per thread, handed out one at a time (`parallel_chunksize(1)` at the call)."
     return max(1, min(R, 16 * nt if nt > 1 else 1))
 
@@ -564,7 +546,7 @@ def topk(P:np.ndarray, # (R, T) float32/float64, C-contiguous, validated rows
     nt = threads()
     with numba.parallel_chunksize(1):                            # dynamic: a thread slowed by a neighbour takes fewer chunks
         topk_rows(P, ok, int(k), bool(normalize), P.dtype == np.float32, eps, _series_terms(eps), int(max_iter), out, it,
-                  _chunks(R, nt), _sums(sums, R))
+                  _nchunks(R, nt), _sums(sums, R))
     return out, it
 
 def lambda_min(P:np.ndarray, # (R, T) float32/float64, C-contiguous, validated rows
@@ -578,7 +560,7 @@ def lambda_min(P:np.ndarray, # (R, T) float32/float64, C-contiguous, validated r
     if out is None: out = np.empty(P.shape[0], dtype=P.dtype)
     nt = threads()
     with numba.parallel_chunksize(1):
-        lambda_min_rows(P, ok, bool(normalize), P.dtype == np.float32, eps, int(max_iter), out, _chunks(P.shape[0], nt),
+        lambda_min_rows(P, ok, bool(normalize), P.dtype == np.float32, eps, int(max_iter), out, _nchunks(P.shape[0], nt),
                         _sums(sums, P.shape[0]))
     return out
 
@@ -591,5 +573,5 @@ def stats(P:np.ndarray, # (R, T) float32/float64, C-contiguous rows
     "`row_stats` on the kernel's threads, rows handed out one chunk at a time."
     nt = threads()                                               # first: it starts numba's pool and puts torch's threads back
     with numba.parallel_chunksize(1):
-        row_stats(P, ok, bool(normalize), out, nt, bool(trace))
+        row_stats(P, ok, bool(normalize), out, _nchunks(P.shape[0], nt), bool(trace))
     return out

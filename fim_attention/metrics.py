@@ -110,7 +110,7 @@ def _release_heap():
     "glibc's malloc_trim(0): freed heap memory back to the OS (no-op elsewhere)."
     # A chunk's spectra and metric temporaries are 1-30 MB each: under glibc's dynamic mmap threshold they come from the
     # heap, and after free the heap keeps them resident. Across chunks that retention was not bounded: one layer of
-    # 1 x 12 x 2048 x 2048 measured 0.07-0.36 GB above its input from run to run, four layers up to 1.7 GB.
+    # 1 x 12 x 2048 x 2048 measured 0.07-0.39 GB above its input from run to run, four layers up to 1.72 GB (chapter 03).
     global _LIBC
     if _LIBC is None:
         try: _LIBC = ctypes.CDLL("libc.so.6").malloc_trim
