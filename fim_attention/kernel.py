@@ -52,6 +52,22 @@ def _block(PD, W, j0, j1, t):
         g += q; d += q * r
     return g, d
 
+@njit(fastmath={"reassoc", "contract"}, **_JIT)
+def _signed_block(PD, W, j0, j1, t):
+    "`_block` over both sides at once: the sums of q_j = W_j/(PD_j - t) and of q_j/(PD_j - t) split by the sign of q_j (above x,\n    below x); W_j = 0 (padding) adds nothing."
+    P = PD[j0:j1]; V = W[j0:j1]
+    gp = 0.0; dp = 0.0; gn = 0.0; dn = 0.0
+    for j in range(P.shape[0]):
+        r = 1.0 / (P[j] - t)
+        q = V[j] * r
+        qr = q * r
+        up = q > 0.0                                             # a select, not a branch: the side of the pole
+        gp += q if up else 0.0
+        dp += qr if up else 0.0
+        gn += 0.0 if up else q
+        dn += 0.0 if up else qr
+    return gp, dp, gn, dn
+
 # %% ../nbs/01b_kernel.ipynb #18b07b3f
 @njit(inline="always", **_JIT)
 def _pole_sums(PD, W, j0, j1, t):
@@ -63,6 +79,22 @@ def _pole_sums(PD, W, j0, j1, t):
         S, e = _two_sum(S, g); E += e
         dS += d
     return S + E, dS
+
+@njit(inline="always", **_JIT)
+def _padded(n):
+    "n rounded up to a multiple of 8: the pole arrays' padded length."
+    return (n + 7) & ~7
+
+_SIGNED_MAX = 128   # direct poles up to which both sides come from one loop (measured: see the text)
+
+@njit(inline="always", **_JIT)
+def _signed_sums(PD, W, n8, t):
+    "`_pole_sums` of both sides from `_signed_block` over the padded poles j < n8 (<= 128): (above, above', below, below'), each\n    side's two blocks of 64 added by TwoSum."
+    if n8 <= 64: return _signed_block(PD, W, 0, n8, t)           # one block: nothing to compensate
+    gp, dp, gn, dn = _signed_block(PD, W, 0, 64, t)
+    gp2, dp2, gn2, dn2 = _signed_block(PD, W, 64, n8, t)
+    Sp, ep = _two_sum(gp, gp2); Sn, en = _two_sum(gn, gn2)
+    return Sp + ep, dp + dp2, Sn + en, dn + dn2
 
 # %% ../nbs/01b_kernel.ipynb #214cc13a
 @njit(inline="always", **_JIT)
@@ -89,10 +121,12 @@ def _log2_above(u):
     return (((b >> 52) & 0x7FF) - 1023) + min(1.4426950408889634 * f, 1.0)
 
 @njit(**_JIT)
-def _evaluate(PD, W, nd, ia, origin, t, x, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK):
-    "G(x), psi', phi' and sum|terms| over the direct poles D[:nd] (weights W, D[:ia] above x) and the far poles' power sums\n    (l2eps = log2(eps / 8): the series stop where their terms fall below eps / 8)."
-    gpos, dphi = _pole_sums(PD, W, 0, ia, t)                     # poles above x: positive terms
-    gneg, dpsi = _pole_sums(PD, W, ia, nd, t)                    # poles below x: negative terms
+def _evaluate(PD, W, nd, ia, t, x, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK):
+    "G(x), psi', phi' and sum|terms| over the direct poles D[:nd] (weights W, padded to a multiple of 8; D[:ia] above x) and\n    the far poles' power sums (l2eps = log2(eps / 8): the series stop where their terms fall below eps / 8)."
+    if nd <= _SIGNED_MAX: gpos, dphi, gneg, dpsi = _signed_sums(PD, W, _padded(nd), t)   # both sides, one loop
+    else:
+        gpos, dphi = _pole_sums(PD, W, 0, ia, t)                 # poles above x: positive terms
+        gneg, dpsi = _pole_sums(PD, W, ia, nd, t)                # poles below x: negative terms
     if tK > 0:                                                   # far poles below: sum_m z^m N_m, z = a / x <= 1
         z = ta / x
         n = tK
@@ -109,22 +143,23 @@ def _evaluate(PD, W, nd, ia, origin, t, x, c0, l2eps, rho, ta, tN, tmN, tK, hb, 
             n = min(hK, 2 + int(l2eps / _log2_above(hy)))
         g, dg = _horner2(hM[1:], hmM[1:], n, y)                  # sum_{m>=1} M_m y^m, sum m M_m y^m
         gpos += g + hM[0]; dphi += dg / x
-    cx = c0 / x
+    if c0 == 0.0: return gpos + gneg, dpsi, dphi, gpos - gneg   # a distribution (normalize=True): no pole at 0, and two
+    cx = c0 / x                                                  # divisions fewer on the iteration's dependent chain
     v = cx / x
     if v > 0: dpsi += v                                          # c0 >= 0: one more pole (at 0) below x
     return gpos + gneg - cx, dpsi, dphi, gpos - gneg + abs(cx)
 
 # %% ../nbs/01b_kernel.ipynb #6d1a5eff
 @njit(**_JIT)
-def _root(D, PD, W, nd, ia, hi, lo, c0, eps, rho, max_iter, ta, tN, tmN, tK, hb, hM, hmM, hK):
-    "The engine's root in (lo, hi): origin at the nearer pole, two-pole rational model, sign-bracket safeguard."
+def _root(D, PD, W, nd, ia, hi, lo, c0, eps, l2eps, rho, max_iter, ta, tN, tmN, tK, hb, hM, hmM, hK):
+    "The engine's root in (lo, hi): origin at the nearer pole, two-pole rational model, sign-bracket safeguard\n    (D, W padded to a multiple of 8, D[:ia] >= hi; l2eps = log2(eps / 8), once per row)."
     width = hi - lo; half = width / 2; mid = lo + half
-    l2eps = math.log2(eps * 0.125)                               # once per root, not twice per evaluation
-    for j in range(nd): PD[j] = D[j] - lo                        # exact for the two bracket poles
-    G, dpsi, dphi, gabs = _evaluate(PD, W, nd, ia, lo, half, mid, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK)
+    n8 = _padded(nd)
+    for j in range(n8): PD[j] = D[j] - lo                        # exact for the two bracket poles
+    G, dpsi, dphi, gabs = _evaluate(PD, W, nd, ia, half, mid, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK)
     if G < 0:                                                    # root in (mid, hi): origin hi
         origin = hi; t = -half; blo = -half; bhi = 0.0; dlo = -width; dhi = 0.0
-        for j in range(nd): PD[j] = D[j] - hi
+        for j in range(n8): PD[j] = D[j] - hi
     else:
         origin = lo; t = half; blo = 0.0; bhi = half; dlo = 0.0; dhi = width
     if abs(G) <= eps * gabs: return origin + t, 0
@@ -140,7 +175,7 @@ def _root(D, PD, W, nd, ia, hi, lo, c0, eps, rho, max_iter, ta, tN, tmN, tK, hb,
         tn = r2 if (r2 > dlo and r2 < dhi) else r1
         if abs(tn - t) <= 2 * eps * abs(origin + t): return origin + t, it
         if not (tn > blo and tn < bhi): tn = (blo + bhi) / 2     # outside the sign bracket (or NaN): bisect
-        G, dpsi, dphi, gabs = _evaluate(PD, W, nd, ia, origin, tn, origin + tn, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK)
+        G, dpsi, dphi, gabs = _evaluate(PD, W, nd, ia, tn, origin + tn, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK)
         if G < 0: blo = tn
         elif G > 0: bhi = tn
         xabs = abs(origin + tn)
@@ -261,13 +296,14 @@ def _by_exponent(Tl, nt, ea, U, cnt):
 # %% ../nbs/01b_kernel.ipynb #68e2cd1c
 @njit(**_JIT)
 def _compress(S, j0, j1, D, W):
-    "Tied poles merged: D = distinct values of S[j0:j1] (descending), W = multiplicity * value; their number."
+    "Tied poles merged: D = distinct values of S[j0:j1] (descending), W = multiplicity * value, padded to a multiple of 8\n    (pole 2, weight 0); their number."
     X = S[j0:j1]; n1 = j1 - j0                                  # a view from 0: no wraparound code
     n = 0; j = 0
     while j < n1:
         v = X[j]; c = 1
         while j + c < n1 and X[j + c] == v: c += 1
         D[n] = v; W[n] = c * v; n += 1; j += c
+    for j in range(n, _padded(n)): D[j] = 2.0; W[j] = 0.0     # beyond every p: 1/(2 - x) is finite, its term exactly 0
     return n
 
 # %% ../nbs/01b_kernel.ipynb #67fd09d9
@@ -291,6 +327,7 @@ def _tile(S, nnz, T, w0, w1, c0, s, exact, eps, rho, K, ntab, max_iter, out, ite
         tK = _power_sums_into(S, Jt, nnz, a, False, K, ntab, N, blk, err)
         for m in range(K): mN[m] = (m + 1) * N[m]
     nd = _compress(S, Jh, Jt, D, W)                              # the direct poles, ties merged
+    l2eps = math.log2(eps * 0.125)
     ia = 0
     for i in range(w0, w1):
         hi = S[i]; lo = S[i + 1] if i + 1 < T else 0.0
@@ -298,7 +335,7 @@ def _tile(S, nnz, T, w0, w1, c0, s, exact, eps, rho, K, ntab, max_iter, out, ite
         elif lo == 0.0: lam = 0.0; it = 0                        # the null root
         else:
             while ia < nd and D[ia] >= hi: ia += 1               # distinct poles at or above hi
-            lam, it = _root(D, PD, W, nd, ia, hi, lo, c0, eps, rho, max_iter, a, N, mN, tK, b, M, mM, hK)
+            lam, it = _root(D, PD, W, nd, ia, hi, lo, c0, eps, l2eps, rho, max_iter, a, N, mN, tK, b, M, mM, hK)
             if exact: lam = lam / s
         out[i - w0] = lam; iters[i - w0] = it
 
@@ -356,6 +393,7 @@ def _row_topk(w, T, k, c0, s, exact, eps, K, ntab, max_iter, out, iters, S, D, P
     D[:nd].sort()                                                # in place, no heap scratch
     for j in range(nd): Tl[j] = D[nd - 1 - j]
     nd = _compress(Tl, 0, nd, D, W)
+    l2eps = math.log2(eps * 0.125)
     ia = 0
     for i in range(k):
         hi = S[i]; lo = S[i + 1]
@@ -363,9 +401,115 @@ def _row_topk(w, T, k, c0, s, exact, eps, K, ntab, max_iter, out, iters, S, D, P
         elif lo == 0.0: lam = 0.0; it = 0                        # the null root
         else:
             while ia < nd and D[ia] >= hi: ia += 1
-            lam, it = _root(D, PD, W, nd, ia, hi, lo, c0, eps, _RHO, max_iter, a, N, mN, tK, 1.0, M, mM, 0)
+            lam, it = _root(D, PD, W, nd, ia, hi, lo, c0, eps, l2eps, _RHO, max_iter, a, N, mN, tK, 1.0, M, mM, 0)
             if exact: lam = lam / s
         out[i] = lam; iters[i] = it
+
+# %% ../nbs/01b_kernel.ipynb #a7c1e0d2
+_LOCKSTEP_T = 256   # rows up to this length: all their roots at once (measured: see the text)
+
+@njit(**_JIT)
+def _sweep(D, W, nd, O, Tt, m, GP, DP, GN, DN, bp, bd, bn, be):
+    "For the m points x_i = O_i + Tt_i: the sums over the poles above / below x_i of W_j/(D_j - x_i) and their squares'\n    weights, poles outer and points inner (one division per pair; the inner loop runs in SIMD lanes across points, with\n    no reassociation: each point's sum is in pole order), blocks of 64 poles added by TwoSum."
+    for i in range(m):
+        GP[i] = 0.0; DP[i] = 0.0; GN[i] = 0.0; DN[i] = 0.0; be[i] = 0.0; be[m + i] = 0.0
+    Ov = O[:m]; Tv = Tt[:m]
+    for j0 in range(0, nd, 64):
+        for i in range(m):
+            bp[i] = 0.0; bd[i] = 0.0; bn[i] = 0.0; bd[m + i] = 0.0
+        for j in range(j0, min(j0 + 64, nd)):
+            d = D[j]; w = W[j]
+            for i in range(m):
+                r = 1.0 / ((d - Ov[i]) - Tv[i])                  # = (D_j - origin) - t, as PD_j - t: exact near the origin
+                q = w * r
+                qr = q * r
+                up = q > 0.0
+                bp[i] += q if up else 0.0
+                bd[i] += qr if up else 0.0
+                bn[i] += 0.0 if up else q
+                bd[m + i] += 0.0 if up else qr
+        for i in range(m):
+            GP[i], e = _two_sum(GP[i], bp[i]); be[i] += e
+            GN[i], e = _two_sum(GN[i], bn[i]); be[m + i] += e
+            DP[i] += bd[i]; DN[i] += bd[m + i]
+    for i in range(m):
+        GP[i] += be[i]; GN[i] += be[m + i]
+
+# %% ../nbs/01b_kernel.ipynb #a7c1e0d3
+@njit(**_JIT)
+def _lockstep(S, T, k, D, W, nd, c0, s, exact, eps, max_iter, out, iters, Z, act, nxt):
+    "Roots i < k of one sorted row whose poles are all direct, all at once: the engine's iteration per root (midpoint,\n    origin, rational model, sign bracket, stopping rules) in sweeps over the still unconverged roots."
+    # Z: (20, 2 (T + 1)) float64 scratch: the per-root state and the sweep's buffers
+    HI = Z[0]; LO = Z[1]; OR = Z[2]; TC = Z[3]; TN = Z[4]; BLO = Z[5]; BHI = Z[6]; DLO = Z[7]; DHI = Z[8]
+    O = Z[9]; Tt = Z[10]; GP = Z[11]; DP = Z[12]; GN = Z[13]; DN = Z[14]; bp = Z[15]; bn = Z[16]; ITS = Z[17]
+    bd = Z[18]; be = Z[19]                                        # (2m): both sides' block buffers
+    m = 0
+    for i in range(k):
+        hi = S[i]; lo = S[i + 1] if i + 1 < T else 0.0
+        if lo == hi: out[i] = hi; iters[i] = 0                   # deflation: a tie is an eigenvalue
+        elif lo == 0.0: out[i] = 0.0; iters[i] = 0               # the null root
+        else:
+            act[m] = i; HI[m] = hi; LO[m] = lo; m += 1
+    first = True
+    while m > 0:
+        for a in range(m):                                       # the points: the midpoint first, then each root's tn
+            if first:
+                O[a] = LO[a]; Tt[a] = (HI[a] - LO[a]) / 2
+            else:
+                O[a] = OR[a]; Tt[a] = TN[a]
+        _sweep(D, W, nd, O, Tt, m, GP, DP, GN, DN, bp, bd, bn, be)
+        n2 = 0
+        for a in range(m):
+            gpos = GP[a]; gneg = GN[a]; dphi = DP[a]; dpsi = DN[a]
+            x = O[a] + Tt[a]
+            if c0 == 0.0: G = gpos + gneg; gabs = gpos - gneg
+            else:
+                cx = c0 / x; v = cx / x
+                if v > 0: dpsi += v
+                G = gpos + gneg - cx; gabs = gpos - gneg + abs(cx)
+            done = False
+            if first:                                            # the midpoint: origin at the nearer pole
+                hi = HI[a]; lo = LO[a]; width = hi - lo; half = width / 2
+                if G < 0:
+                    origin = hi; t = -half; blo = -half; bhi = 0.0; dlo = -width; dhi = 0.0
+                else:
+                    origin = lo; t = half; blo = 0.0; bhi = half; dlo = 0.0; dhi = width
+                it = 0
+                if abs(G) <= eps * gabs: done = True
+            else:
+                origin = OR[a]; t = TC[a]; blo = BLO[a]; bhi = BHI[a]; dlo = DLO[a]; dhi = DHI[a]; it = int(ITS[a])
+                tn = TN[a]
+                if G < 0: blo = tn
+                elif G > 0: bhi = tn
+                xabs = abs(origin + tn)
+                conv = abs(G) <= eps * gabs or abs(tn - t) <= eps * xabs or (bhi - blo) <= 2 * eps * xabs
+                t = tn; it += 1
+                if conv: done = True
+            if not done:                                         # the next point, as `_root`
+                if it >= max_iter: done = True; it = -1
+                else:
+                    d_lo = dlo - t; d_hi = dhi - t
+                    sw = d_lo * d_lo * dpsi; Sw = d_hi * d_hi * dphi
+                    aa = G - d_lo * dpsi - d_hi * dphi
+                    Bq = aa * (dlo + dhi) + sw + Sw
+                    Cq = sw * dhi + Sw * dlo
+                    disc = Bq * Bq - 4 * aa * Cq
+                    q = Bq + math.copysign(math.sqrt(max(disc, 0.0)), Bq)
+                    r1 = q / (2 * aa); r2 = 2 * Cq / q
+                    tn = r2 if (r2 > dlo and r2 < dhi) else r1
+                    if abs(tn - t) <= 2 * eps * abs(origin + t): done = True
+                    else:
+                        if not (tn > blo and tn < bhi): tn = (blo + bhi) / 2
+            i = act[a]
+            if done:
+                lam = origin + t
+                out[i] = lam / s if exact else lam; iters[i] = it
+            else:                                                # still running: keep its state, compacted
+                nxt[n2] = i; HI[n2] = HI[a]; LO[n2] = LO[a]; OR[n2] = origin; TC[n2] = t; TN[n2] = tn
+                BLO[n2] = blo; BHI[n2] = bhi; DLO[n2] = dlo; DHI[n2] = dhi; ITS[n2] = it
+                n2 += 1
+        for a in range(n2): act[a] = nxt[a]
+        m = n2; first = False
 
 # %% ../nbs/01b_kernel.ipynb #372b4941
 @njit(parallel=True, **_JIT)
@@ -380,10 +524,12 @@ def topk_rows(P, ok, k, exact, f32, eps, K, max_iter, out, iters, nchunk, sums, 
     KK = max(K, K_t)
     per = (R + nchunk - 1) // nchunk
     for c in prange(nchunk):                                     # one scratch set per chunk of rows
-        w = np.empty(T); S = np.empty(T + 1); D = np.empty(T + 1); W = np.empty(T + 1); Tl = np.empty(T + 1); PD = np.empty(T + 1)
+        w = np.empty(T); S = np.empty(T + 1); Tl = np.empty(T + 1)
+        D = np.empty(T + 8); W = np.empty(T + 8); PD = np.empty(T + 8)   # poles padded to a multiple of 8
         N = np.zeros(KK); mN = np.zeros(KK); M = np.zeros(KK + 1); mM = np.zeros(KK + 1)
         blk = np.zeros((3, max(KK, 32))); err = np.zeros(KK)
         o = np.empty(_WIN); oi = np.empty(_WIN, dtype=np.int32); cnt = np.empty(130, dtype=np.int64)
+        Z = np.empty((20, 2 * (T + 1))); act = np.empty(T + 1, dtype=np.int64); nxt = np.empty(T + 1, dtype=np.int64)
         for r in range(c * per, min(R, (c + 1) * per)):
             if not ok[r]:                                        # padding: NaN, whatever the row holds
                 for i in range(k):
@@ -394,6 +540,11 @@ def topk_rows(P, ok, k, exact, f32, eps, K, max_iter, out, iters, nchunk, sums, 
                 _row_topk(w, T, k, c0, s, exact, eps, K, ntab, max_iter, o, oi, S, D, PD, W, Tl, N, mN, M, mM, blk, err, cnt)
                 for i in range(k):
                     out[r, i] = o[i]; iters[r, i] = oi[i]
+            elif T <= _LOCKSTEP_T:                               # a short row: all its roots at once, every pole direct
+                nnz = _sorted_desc(w, T, S)
+                S[T] = 0.0
+                nd = _compress(S, 0, nnz, D, W)
+                _lockstep(S, T, k, D, W, nd, c0, s, exact, eps, max_iter, out[r], iters[r], Z, act, nxt)
             else:                                                # many roots: sort the row, tiles of 32 indices
                 nnz = _sorted_desc(w, T, S)
                 S[T] = 0.0
@@ -413,7 +564,7 @@ def lambda_min_rows(P, ok, exact, f32, eps, max_iter, out, nchunk, sums, rho_t=0
     ntab_t = _series_table(K_t, thr_t)
     per = (R + nchunk - 1) // nchunk
     for c in prange(nchunk):
-        w = np.empty(T); S = np.empty(T + 1); D = np.empty(T + 1); W = np.empty(T + 1); PD = np.empty(T + 1)
+        w = np.empty(T); S = np.empty(T + 1); D = np.empty(T + 8); W = np.empty(T + 8); PD = np.empty(T + 8)
         N = np.zeros(K_t); mN = np.zeros(K_t); M = np.zeros(K_t + 1); mM = np.zeros(K_t + 1)
         blk = np.zeros((3, max(K_t, 32))); err = np.zeros(K_t)
         o = np.empty(1); oi = np.empty(1, dtype=np.int32)

@@ -82,6 +82,42 @@ def test_kernel_vs_mpmath(fam):
             assert ulps(ours, ref) <= 6, (T, norm)                # measured worst 5 (peaked_0.9, T = 12): the stopping rule's slack
 
 
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_lockstep_short_rows_vs_mpmath(fam):
+    "Full spectra of short rows (k > 32, T <= _LOCKSTEP_T: every root of a row at once, `_lockstep`) against 90 digits."
+    T = 36
+    p = make_family(fam, 1, T, seed=13)
+    for norm in (False, True):
+        ours = fim_eigvalsh(p, method="kernel", normalize=norm).numpy()
+        ref = np.asarray(mpmath_secular_eigvalsh(p, None, normalize=norm), dtype=np.float64)
+        assert ulps(ours, ref) <= 8, norm                        # measured worst 7 (dirichlet_0.05, literal; the tiles: 6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_lockstep_boundary_equals_torch_path(dtype):
+    "Rows of _LOCKSTEP_T (all roots at once) and _LOCKSTEP_T + 1 (per-root tiles): both within the torch path's 8 ulps."
+    assert kernel._LOCKSTEP_T == 256
+    for T in (kernel._LOCKSTEP_T, kernel._LOCKSTEP_T + 1):
+        for fam in ("dirichlet_1", "causal", "saturated", "near_ties", "sink_uniform"):
+            p = make_family(fam, 3, T, dtype, seed=T)
+            for k in (40, None):
+                for norm in (False, True):
+                    d = ulps(fim_eigvalsh(p, k, method="kernel", normalize=norm).numpy(),
+                             fim_eigvalsh(p, k, method="secular", normalize=norm).numpy())
+                    assert d <= 8, (T, fam, k, norm, d)
+
+
+def test_lockstep_max_iter_warns_as_the_tiles():
+    "An iteration cap too low for the tolerance warns on both paths (short rows: _lockstep; long: tiles), in the same words."
+    for T in (64, 300):
+        p = make_family("dirichlet_1", 2, T, torch.float64, seed=3)
+        with pytest.warns(UserWarning, match="did not meet the tolerance in 1 iterations"):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("default", message=".*did not meet the tolerance.*")
+                lam = fim_eigvalsh(p, None, method="kernel", max_iter=1)
+        assert torch.isfinite(lam).all() and (lam[:, :-1] >= lam[:, 1:]).all(), T   # still inside each bracket, ordered
+
+
 def test_kernel_float32_vs_float64_truth():
     "float32 rows: truth is the float64 spectrum of the same float32 numbers."
     for fam in FAMILIES:
