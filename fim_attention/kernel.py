@@ -209,11 +209,11 @@ def _count_gt(S, n, v):
 # %% ../nbs/01b_kernel.ipynb #93d517b8
 @njit(**_JIT)
 def _work_row(x, exact_sum, f32, w, s_known):
-    "Row into float64 w; returns (c0, s): for a distribution the rounded p/s as check_probs forms it, c0 = 0 and its sum s\n    (s_known: the row's compensated float64 sum when the caller has it, from `row_stats`; NaN: computed here)."
+    "Row into float64 w; returns (c0, s): for a distribution the rounded p/s as check_probs forms it, c0 = 0 and its sum s\n    (s_known: what `row_stats` took of the row when the caller has it, its compensated float64 sum for a distribution, its\n    c0 = 1 - sum p read literally; NaN: computed here)."
     T = x.shape[0]
     if not exact_sum:
         for j in range(T): w[j] = x[j]
-        return _one_minus_sum(x), 1.0
+        return (s_known if s_known == s_known else _one_minus_sum(x)), 1.0   # c0: one pass saved if known
     s = s_known if s_known == s_known else 1.0 - _one_minus_sum(x)   # the float64 row sum, compensated (one pass saved if known)
     if f32:
         s32 = np.float32(s)
@@ -582,21 +582,22 @@ def lambda_min_rows(P, ok, exact, f32, eps, max_iter, out, nchunk, sums, rho_t=0
 # %% ../nbs/01b_kernel.ipynb #91f3597c
 @njit(parallel=True, **_JIT)
 def row_stats(P, ok, exact, stats, nchunk, trace=True):
-    "Per valid row: [non-finite count, negative count, min, float64 sum, support size, trace of F(p) or F(p/s) (NaN\n    unless `trace`)]; min and the counts are read only when the row is finite (the callers raise on non-finite first)."
+    "Per valid row: [non-finite count, negative count, min, float64 sum, support size, trace of F(p) or F(p/s) (NaN\n    unless `trace`), c0 = 1 - sum p]; min and the counts are read only when the row is finite (the callers raise on\n    non-finite first); sum and c0 compensated, from one pass."
     R, T = P.shape
     per = (R + nchunk - 1) // nchunk
     for c in prange(nchunk):
         for r in range(c * per, min(R, (c + 1) * per)):
             if not ok[r]:
-                for q in range(6): stats[r, q] = 0.0
+                for q in range(7): stats[r, q] = 0.0
                 continue
             x = P[r]
-            nf = 0; ng = 0; mn = np.inf; sm = 0.0; nz = 0; tr = np.nan
+            nf = 0; ng = 0; mn = np.inf; sm = 0.0; nz = 0; tr = np.nan; c0 = np.nan
             for j in range(T):                                   # no branches: counts and min in vector lanes
                 v = np.float64(x[j])
                 nf += not np.isfinite(v); ng += v < 0; nz += v > 0
                 mn = min(mn, v)
-            if nf == 0: sm = 1.0 - _one_minus_sum(x)             # compensated: a running sum drifts by ~T eps at large T
+            if nf == 0:                                          # compensated: a running sum drifts by ~T eps at large T
+                c0 = _one_minus_sum(x); sm = 1.0 - c0
             if trace and nf == 0:                                # F(p): sum_j p_j (1 - p_j); F(p/s): sum_j p_j (s - p_j) / s^2
                 scaled = exact and sm > 0                        # (no cancellation either way)
                 ref = sm if scaled else 1.0
@@ -604,7 +605,7 @@ def row_stats(P, ok, exact, stats, nchunk, trace=True):
                 for j in range(T):
                     v = np.float64(x[j]); tr += v * (ref - v)
                 if scaled: tr = tr / (sm * sm)
-            stats[r, 0] = nf; stats[r, 1] = ng; stats[r, 2] = mn; stats[r, 3] = sm; stats[r, 4] = nz; stats[r, 5] = tr
+            stats[r, 0] = nf; stats[r, 1] = ng; stats[r, 2] = mn; stats[r, 3] = sm; stats[r, 4] = nz; stats[r, 5] = tr; stats[r, 6] = c0
 
 # %% ../nbs/01b_kernel.ipynb #4cc89dd9
 @njit(parallel=True, fastmath={"reassoc", "contract"}, **_JIT)
@@ -687,7 +688,7 @@ def topk(P:np.ndarray, # (R, T) float32/float64, C-contiguous, validated rows
          normalize:bool=False, # rows read as distributions (c0 = 0, divided by the sum)
          max_iter:int=100,
          out:np.ndarray|None=None, # (R, k) in P's dtype: written in place
-         sums:np.ndarray|None=None, # (R,) float64 compensated row sums from `row_stats` (normalize=True): one pass fewer
+         sums:np.ndarray|None=None, # (R,) float64 from `row_stats`: the compensated row sums (normalize=True) or c0 (False): one pass fewer
         )->tuple[np.ndarray, np.ndarray]: # (eigenvalues (R, k) descending, iterations (R, k) int32, -1 where not converged)
     "Top-k FIM eigenvalues (tau = 1) of every row: the compiled per-row kernel."
     R, T = P.shape
@@ -704,7 +705,7 @@ def lambda_min(P:np.ndarray, # (R, T) float32/float64, C-contiguous, validated r
                ok:np.ndarray, # (R,) bool: rows to compute (others NaN)
                normalize:bool=False, max_iter:int=100,
                out:np.ndarray|None=None, # (R,) in P's dtype: written in place
-               sums:np.ndarray|None=None, # (R,) float64 compensated row sums from `row_stats` (normalize=True)
+               sums:np.ndarray|None=None, # (R,) float64 from `row_stats`: row sums (normalize=True) or c0 (False)
               )->np.ndarray: # (R,) lambda_(m-1) per row (tau = 1), NaN where m <= 1
     "The smallest eigenvalue on the support's tangent space of every row: one root per row, the compiled kernel."
     eps = float(np.finfo(P.dtype).eps)
@@ -718,7 +719,7 @@ def lambda_min(P:np.ndarray, # (R, T) float32/float64, C-contiguous, validated r
 def stats(P:np.ndarray, # (R, T) float32/float64, C-contiguous rows
           ok:np.ndarray, # (R,) bool: rows to read (others all zeros)
           normalize:bool, # the trace of F(p / sum p) instead of F(p)
-          out:np.ndarray, # (R, 6) float64: written in place (see `row_stats`)
+          out:np.ndarray, # (R, 7) float64: written in place (see `row_stats`)
           trace:bool=True, # also the trace (one more pass per row)
          )->np.ndarray:
     "`row_stats` on the kernel's threads, rows handed out one chunk at a time."

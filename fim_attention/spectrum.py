@@ -507,13 +507,13 @@ def _chunks(P:Tensor, max_bytes:int):
         yield s, C.numpy()
 
 def _lean_check(p, normalize:bool=False, valid=None, name:str="p", max_bytes:int=2**28, trace:bool=True):
-    "check_probs's checks and messages in one compiled pass per row (no tensor-sized temporaries): (rows (R, T), ok (R,), stats (R, 6));\n    the trace column only if `trace` (one more pass over the row)."
+    "check_probs's checks and messages in one compiled pass per row (no tensor-sized temporaries): (rows (R, T), ok (R,), stats (R, 7));\n    the trace column only if `trace` (one more pass over the row)."
     p = _check_tensor(p, name)
     T = p.shape[-1]
     vmask = _valid_mask(p, valid, name)
     P = _rows2d(p)
     ok = vmask.reshape(-1).contiguous()
-    st = np.empty((P.shape[0], 6))                                               # non-finite, negative, min, sum, support, trace
+    st = np.empty((P.shape[0], 7))                                               # non-finite, negative, min, sum, support, trace, c0
     for s, C in _chunks(P, max_bytes): _kernel().stats(C, ok[s:s + C.shape[0]].numpy(), normalize, st[s:s + C.shape[0]], trace)
     okn = ok.numpy()
     if (st[okn, 0] > 0).any(): raise ValueError(f"{name} contains NaN or Inf in a valid row")
@@ -555,7 +555,7 @@ def _kernel_eigvalsh(p, k, normalize, valid, max_bytes, max_iter):
     bad = 0
     for s, C in _chunks(P, max_bytes):
         _, it = _kernel().topk(C, ok[s:s + C.shape[0]].numpy(), k, normalize, max_iter, out=out[s:s + C.shape[0]].numpy(),
-                               sums=st[s:s + C.shape[0], 3] if normalize else None)   # the sums row_stats took: one pass fewer
+                               sums=st[s:s + C.shape[0], 3 if normalize else 6])   # the sum (or c0) row_stats took: one pass fewer
         bad += int((it < 0).sum())
     if bad: warnings.warn(f"fim_eigvalsh: {bad} secular roots did not meet the tolerance in {max_iter} iterations")
     return out.reshape(*p.shape[:-1], k)
@@ -815,7 +815,7 @@ def lambda_plus_min(p:Tensor, # (..., T) probabilities
         P, okr, st = _lean_check(p, normalize, valid, max_bytes=max_bytes, trace=False)
         out = torch.empty(P.shape[0], dtype=torch.float32 if P.dtype in _HALF else P.dtype)
         for s, Cn in _chunks(P, max_bytes): _kernel().lambda_min(Cn, okr[s:s + Cn.shape[0]].numpy(), normalize, out=out[s:s + Cn.shape[0]].numpy(),
-                                                                sums=st[s:s + Cn.shape[0], 3] if normalize else None)
+                                                                sums=st[s:s + Cn.shape[0], 3 if normalize else 6])
         return (out / tau**2).reshape(p.shape[:-1])
     p, ok = check_probs(p, normalize=normalize, valid=valid)
     T = p.shape[-1]

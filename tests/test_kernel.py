@@ -298,17 +298,21 @@ def test_mean_fim_lanczos_with_kernel_matches_oracle():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_known_row_sums_give_identical_results(dtype):
-    "Guards the one-pass-fewer hand-off: the sums row_stats takes give the kernel's own results to the bit (top-k, tiles, lambda_min)."
-    P = (make_family("dirichlet_1", 12, 70, seed=4) * 3).numpy().astype(dtype)
-    ok = np.ones(12, dtype=np.bool_)
-    st = np.empty((12, 6))
-    kernel.row_stats(P, ok, True, st, 1, False)
-    assert np.isnan(st[:, 5]).all()                              # no trace asked for: no trace pass
-    for k in (16, 70):
-        a, ia = kernel.topk(P, ok, k, normalize=True)
-        b, ib = kernel.topk(P, ok, k, normalize=True, sums=st[:, 3])
-        assert np.array_equal(a, b) and np.array_equal(ia, ib)
-    assert np.array_equal(kernel.lambda_min(P, ok, normalize=True), kernel.lambda_min(P, ok, normalize=True, sums=st[:, 3]))
+    "Guards the one-pass-fewer hand-off: the sum (distributions) or c0 (literal rows) row_stats takes gives the kernel's own\n    results to the bit (top-k, short rows, tiles, lambda_min)."
+    for T, scale in ((70, 3), (300, 1)):                         # short rows (all roots at once) and tiles; literal rows sum to 1
+        P = (make_family("dirichlet_1", 12, T, seed=4) * scale).numpy().astype(dtype)
+        ok = np.ones(12, dtype=np.bool_)
+        st = np.empty((12, 7))
+        kernel.row_stats(P, ok, True, st, 1, False)
+        assert np.isnan(st[:, 5]).all()                          # no trace asked for: no trace pass
+        assert np.array_equal(st[:, 3], 1.0 - st[:, 6])          # the sum and c0 from the same compensated pass
+        for norm, col in ((True, 3), (False, 6)):
+            if not norm and scale != 1: continue
+            for k in (16, 70):
+                a, ia = kernel.topk(P, ok, k, normalize=norm)
+                b, ib = kernel.topk(P, ok, k, normalize=norm, sums=st[:, col])
+                assert np.array_equal(a, b) and np.array_equal(ia, ib), (T, norm, k)
+            assert np.array_equal(kernel.lambda_min(P, ok, normalize=norm), kernel.lambda_min(P, ok, normalize=norm, sums=st[:, col]))
 
 
 def test_known_row_sums_wrong_inputs():
