@@ -150,6 +150,19 @@ def _evaluate(PD, W, nd, ia, t, x, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM,
     return gpos + gneg - cx, dpsi, dphi, gpos - gneg + abs(cx)
 
 # %% ../nbs/01b_kernel.ipynb #6d1a5eff
+@njit(inline="always", **_JIT)
+def _model_step(G, dpsi, dphi, t, dlo, dhi):
+    "The next offset from the origin: the root of the two-pole rational model through G, psi', phi' at t (poles at dlo, dhi)."
+    d_lo = dlo - t; d_hi = dhi - t
+    sw = d_lo * d_lo * dpsi; Sw = d_hi * d_hi * dphi
+    a = G - d_lo * dpsi - d_hi * dphi
+    Bq = a * (dlo + dhi) + sw + Sw
+    Cq = sw * dhi + Sw * dlo
+    disc = Bq * Bq - 4 * a * Cq
+    q = Bq + math.copysign(math.sqrt(max(disc, 0.0)), Bq)
+    r1 = q / (2 * a); r2 = 2 * Cq / q                            # the two roots of the model's quadratic, stably
+    return r2 if (r2 > dlo and r2 < dhi) else r1
+
 @njit(**_JIT)
 def _root(D, PD, W, nd, ia, hi, lo, c0, eps, l2eps, rho, max_iter, ta, tN, tmN, tK, hb, hM, hmM, hK):
     "The engine's root in (lo, hi): origin at the nearer pole, two-pole rational model, sign-bracket safeguard\n    (D, W padded to a multiple of 8, D[:ia] >= hi; l2eps = log2(eps / 8), once per row)."
@@ -164,15 +177,7 @@ def _root(D, PD, W, nd, ia, hi, lo, c0, eps, l2eps, rho, max_iter, ta, tN, tmN, 
         origin = lo; t = half; blo = 0.0; bhi = half; dlo = 0.0; dhi = width
     if abs(G) <= eps * gabs: return origin + t, 0
     for it in range(max_iter):
-        d_lo = dlo - t; d_hi = dhi - t
-        sw = d_lo * d_lo * dpsi; Sw = d_hi * d_hi * dphi
-        a = G - d_lo * dpsi - d_hi * dphi
-        Bq = a * (dlo + dhi) + sw + Sw
-        Cq = sw * dhi + Sw * dlo
-        disc = Bq * Bq - 4 * a * Cq
-        q = Bq + math.copysign(math.sqrt(max(disc, 0.0)), Bq)
-        r1 = q / (2 * a); r2 = 2 * Cq / q
-        tn = r2 if (r2 > dlo and r2 < dhi) else r1
+        tn = _model_step(G, dpsi, dphi, t, dlo, dhi)
         if abs(tn - t) <= 2 * eps * abs(origin + t): return origin + t, it
         if not (tn > blo and tn < bhi): tn = (blo + bhi) / 2     # outside the sign bracket (or NaN): bisect
         G, dpsi, dphi, gabs = _evaluate(PD, W, nd, ia, tn, origin + tn, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK)
@@ -488,15 +493,7 @@ def _lockstep(S, T, k, D, W, nd, c0, s, exact, eps, max_iter, out, iters, Z, act
             if not done:                                         # the next point, as `_root`
                 if it >= max_iter: done = True; it = -1
                 else:
-                    d_lo = dlo - t; d_hi = dhi - t
-                    sw = d_lo * d_lo * dpsi; Sw = d_hi * d_hi * dphi
-                    aa = G - d_lo * dpsi - d_hi * dphi
-                    Bq = aa * (dlo + dhi) + sw + Sw
-                    Cq = sw * dhi + Sw * dlo
-                    disc = Bq * Bq - 4 * aa * Cq
-                    q = Bq + math.copysign(math.sqrt(max(disc, 0.0)), Bq)
-                    r1 = q / (2 * aa); r2 = 2 * Cq / q
-                    tn = r2 if (r2 > dlo and r2 < dhi) else r1
+                    tn = _model_step(G, dpsi, dphi, t, dlo, dhi)
                     if abs(tn - t) <= 2 * eps * abs(origin + t): done = True
                     else:
                         if not (tn > blo and tn < bhi): tn = (blo + bhi) / 2
