@@ -120,6 +120,15 @@ def _log2_above(u):
     f = (b & 0xFFFFFFFFFFFFF) * 2.0 ** -52                       # log2(1 + f) <= f / ln 2 (and <= 1)
     return (((b >> 52) & 0x7FF) - 1023) + min(1.4426950408889634 * f, 1.0)
 
+@njit(inline="always", **_JIT)
+def _with_c0(gpos, gneg, dpsi, x, c0):
+    "(G, psi', sum|terms|) at x from the two sides' sums, with the pole at 0 of weight c0 >= 0 (a literal row's 1 - sum p)."
+    if c0 == 0.0: return gpos + gneg, dpsi, gpos - gneg          # a distribution (normalize=True): no pole at 0, and two
+    cx = c0 / x                                                  # divisions fewer on the iteration's dependent chain
+    v = cx / x
+    if v > 0: dpsi += v                                          # one more pole (at 0) below x
+    return gpos + gneg - cx, dpsi, gpos - gneg + abs(cx)
+
 @njit(**_JIT)
 def _evaluate(PD, W, nd, ia, t, x, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM, hK):
     "G(x), psi', phi' and sum|terms| over the direct poles D[:nd] (weights W, padded to a multiple of 8; D[:ia] above x) and\n    the far poles' power sums (l2eps = log2(eps / 8): the series stop where their terms fall below eps / 8)."
@@ -143,11 +152,8 @@ def _evaluate(PD, W, nd, ia, t, x, c0, l2eps, rho, ta, tN, tmN, tK, hb, hM, hmM,
             n = min(hK, 2 + int(l2eps / _log2_above(hy)))
         g, dg = _horner2(hM[1:], hmM[1:], n, y)                  # sum_{m>=1} M_m y^m, sum m M_m y^m
         gpos += g + hM[0]; dphi += dg / x
-    if c0 == 0.0: return gpos + gneg, dpsi, dphi, gpos - gneg   # a distribution (normalize=True): no pole at 0, and two
-    cx = c0 / x                                                  # divisions fewer on the iteration's dependent chain
-    v = cx / x
-    if v > 0: dpsi += v                                          # c0 >= 0: one more pole (at 0) below x
-    return gpos + gneg - cx, dpsi, dphi, gpos - gneg + abs(cx)
+    G, dpsi, gabs = _with_c0(gpos, gneg, dpsi, x, c0)
+    return G, dpsi, dphi, gabs
 
 # %% ../nbs/01b_kernel.ipynb #6d1a5eff
 @njit(inline="always", **_JIT)
@@ -466,12 +472,7 @@ def _lockstep(S, T, k, D, W, nd, c0, s, exact, eps, max_iter, out, iters, Z, act
         n2 = 0
         for a in range(m):
             gpos = GP[a]; gneg = GN[a]; dphi = DP[a]; dpsi = DN[a]
-            x = O[a] + Tt[a]
-            if c0 == 0.0: G = gpos + gneg; gabs = gpos - gneg
-            else:
-                cx = c0 / x; v = cx / x
-                if v > 0: dpsi += v
-                G = gpos + gneg - cx; gabs = gpos - gneg + abs(cx)
+            G, dpsi, gabs = _with_c0(gpos, gneg, dpsi, O[a] + Tt[a], c0)
             done = False
             if first:                                            # the midpoint: origin at the nearer pole
                 hi = HI[a]; lo = LO[a]; width = hi - lo; half = width / 2
@@ -511,7 +512,7 @@ def _lockstep(S, T, k, D, W, nd, c0, s, exact, eps, max_iter, out, iters, Z, act
 # %% ../nbs/01b_kernel.ipynb #372b4941
 @njit(parallel=True, **_JIT)
 def topk_rows(P, ok, k, exact, f32, eps, K, max_iter, out, iters, nchunk, sums, rho_t=0.5):
-    "Top-k FIM eigenvalues (tau = 1) of every row of P (R, T), float32 or float64, into out (R, k); iterations into iters\n    (sums: (R,) the rows' compensated sums from `row_stats`, or empty)."
+    "Top-k FIM eigenvalues (tau = 1) of every row of P (R, T), float32 or float64, into out (R, k); iterations into iters\n    (sums: (R,) what `row_stats` took of each row, its compensated sum (exact) or c0 (literal), or empty)."
     R, T = P.shape
     thr = _RHO ** K
     ntab = _series_table(K, thr)                                # series terms for u < 2^(e - 1022), e the biased exponent
@@ -526,7 +527,8 @@ def topk_rows(P, ok, k, exact, f32, eps, K, max_iter, out, iters, nchunk, sums, 
         N = np.zeros(KK); mN = np.zeros(KK); M = np.zeros(KK + 1); mM = np.zeros(KK + 1)
         blk = np.zeros((3, max(KK, 32))); err = np.zeros(KK)
         o = np.empty(_WIN); oi = np.empty(_WIN, dtype=np.int32); cnt = np.empty(130, dtype=np.int64)
-        Z = np.empty((20, 2 * (T + 1))); act = np.empty(T + 1, dtype=np.int64); nxt = np.empty(T + 1, dtype=np.int64)
+        nls = T + 1 if (k > _WIN and T <= _LOCKSTEP_T) else 0   # `_lockstep`'s scratch, only where it runs
+        Z = np.empty((20, 2 * nls)); act = np.empty(nls, dtype=np.int64); nxt = np.empty(nls, dtype=np.int64)
         for r in range(c * per, min(R, (c + 1) * per)):
             if not ok[r]:                                        # padding: NaN, whatever the row holds
                 for i in range(k):
@@ -537,15 +539,14 @@ def topk_rows(P, ok, k, exact, f32, eps, K, max_iter, out, iters, nchunk, sums, 
                 _row_topk(w, T, k, c0, s, exact, eps, K, ntab, max_iter, o, oi, S, D, PD, W, Tl, N, mN, M, mM, blk, err, cnt)
                 for i in range(k):
                     out[r, i] = o[i]; iters[r, i] = oi[i]
-            elif T <= _LOCKSTEP_T:                               # a short row: all its roots at once, every pole direct
+            else:                                                # many roots: sort the row
                 nnz = _sorted_desc(w, T, S)
                 S[T] = 0.0
-                nd = _compress(S, 0, nnz, D, W)
-                _lockstep(S, T, k, D, W, nd, c0, s, exact, eps, max_iter, out[r], iters[r], Z, act, nxt)
-            else:                                                # many roots: sort the row, tiles of 32 indices
-                nnz = _sorted_desc(w, T, S)
-                S[T] = 0.0
-                for w0 in range(0, k, _WIN):
+                if T <= _LOCKSTEP_T:                             # a short row: all its roots at once, every pole direct
+                    nd = _compress(S, 0, nnz, D, W)
+                    _lockstep(S, T, k, D, W, nd, c0, s, exact, eps, max_iter, out[r], iters[r], Z, act, nxt)
+                    continue
+                for w0 in range(0, k, _WIN):                     # tiles of 32 indices
                     w1 = min(w0 + _WIN, k)
                     _tile(S, nnz, T, w0, w1, c0, s, exact, eps, rho_t, K_t, ntab_t, max_iter, o, oi, N, mN, M, mM, D, PD, W, blk, err)
                     for i in range(w0, w1):
