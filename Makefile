@@ -49,6 +49,7 @@ kernel-cache: install
 	@$(PY) -c "import time, torch; t = time.time(); from fim_attention.metrics import fim_metrics; \
 	[fim_metrics(torch.rand(3, 4, 16, dtype=d).softmax(-1), mode=m, normalize=n) \
 	 for d in (torch.float32, torch.float64) for m in ('query', 'mean') for n in (False, True)]; \
+	 from fim_attention.spectrum import mean_fim_eigvalsh; mean_fim_eigvalsh(torch.rand(2, 8, 64, dtype=torch.float64).softmax(-1), 2, method='lanczos'); \
 	print(f'kernel cache ready ({time.time() - t:.1f} s)')"
 
 nbtest: kernel-cache

@@ -624,13 +624,22 @@ def _column_groups(P:Tensor, # (B, N, T) float64 rows (invalid rows zeroed)
     return gid, dup, gid_sorted[:, -1] + 1
 
 # %% ../nbs/01_spectrum.ipynb #e822963e
+def _merge_deflated(lam:Tensor, # (B, k) Lanczos eigenvalues on the group-constant vectors
+                    dup:Tensor, pbar:Tensor, # (B, T) duplicate columns and column means
+                    grouped:bool)->Tensor: # (B, k)
+    "Merge the deflated eigenvalues pbar_j of duplicate columns into the top k."
+    if not grouped: return lam
+    defl = torch.where(dup, pbar, torch.full_like(pbar, -math.inf))
+    return torch.topk(torch.cat([lam.to(pbar.dtype), defl], -1), lam.shape[-1], dim=-1).values
+
 def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
                   pbar:Tensor, # (B, T) column means over valid rows
                   nv:Tensor, # (B,) number of valid rows (>= 1)
                   k:int, tol:float=1e-12, max_restarts:int=100, seed:int=0,
                   groups:tuple|None=None, # `_column_groups(P, seed)` when the caller has it (it is not cheap)
+                  compiled:bool=True, # CPU float64: the compiled per-head iteration (01b) when numba is there; False: this torch loop
                  )->tuple[Tensor, int]: # (top-k eigenvalues (B, k) descending, restarts used)
-    "Thick-restart Lanczos with full reorthogonalisation on v -> pbar*v - P^T(Pv)/N, batched over heads."
+    "Thick-restart Lanczos with full reorthogonalisation on v -> pbar*v - P^T(Pv)/N: batched over heads in torch (any device),\n    or one compiled call per head on CPU."
     B, N, T = P.shape
     gid, dup, ng = _column_groups(P, seed) if groups is None else groups
     dup0, pbar0, B0 = dup, pbar, B                                               # for the final merge (heads drop out below)
@@ -646,25 +655,26 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
     pm, mi = P.max(-1)                                                           # (B, N) each row's peak and its column
     Pc = P.scatter(-1, mi.unsqueeze(-1), 0.0)                                    # (B, N, T) the rest: P = Pc + peaks (exact)
     d = Pc.sum(1).scatter_add(-1, mi, pm * (1 - pm))                             # (B, T) sum_i Pc_ij + sum_{i: m_i=j} p_im (1 - p_im)
-    K = _kernel() if P.device.type == "cpu" and P.dtype == torch.float64 else None
-    if K is not None: K.threads()                                                # the compiled product follows torch's threads
-    PcT = Pc.transpose(1, 2).contiguous() if K is None else None                 # (B, T, N): the torch product's layout only
+    dim = int(ng.min())                                                          # the Krylov space lives in dim dimensions
+    m = min(max(2 * k + 16, k + 32), dim)
+    keep = min(k + (m - k) // 2, m - 1)
+    floor = 64 * torch.finfo(P.dtype).eps * pbar.amax(-1)                        # (B,) rounding level of one product (see text)
+    K = _kernel() if P.device.type == "cpu" and P.dtype == torch.float64 and compiled else None
+    if K is not None:                                                            # CPU: each head's whole iteration compiled (01b)
+        c64 = lambda x: x.detach().contiguous().numpy()
+        lam, rs, worst = K.mean_fim_topk(c64(Pc), c64(pm), c64(mi), c64(d), c64(nv.to(P.dtype)), c64(gid), c64(cnt), grouped,
+                                         k, m, keep, tol, c64(floor), max_restarts, seed)
+        if (worst > 1).any():
+            warnings.warn(f"mean_fim_eigvalsh: Lanczos reached max_restarts={max_restarts}; max residual/limit {worst.max():.2e}")
+        return _merge_deflated(torch.from_numpy(lam), dup, pbar, grouped), int(rs.max())
+    PcT = Pc.transpose(1, 2).contiguous()                                        # (B, T, N)
     def op(v):                                                                   # (B, c, T) -> (B, c, T): two O(NTc) products
-        if K is not None:                                                        # CPU: both products from one read of Pc (01b)
-            out = torch.empty(v.shape, dtype=v.dtype)
-            K.mean_fim_matvec(Pc.detach().numpy(), pm.detach().numpy(), mi.numpy(), d.detach().numpy(),
-                              nv.to(P.dtype).numpy(), v.detach().contiguous().numpy(), out.numpy())
-            return out
         c = v.shape[1]
         uc = torch.bmm(v, PcT)                                                   # (B, c, N) (Pc v)_i
         vm = v.gather(-1, mi.unsqueeze(1).expand(B, c, N))                       # (B, c, N) v at each row's peak
         u = uc + pm.unsqueeze(1) * vm                                            # (B, c, N) (P v)_i
         peak = torch.zeros_like(v).scatter_add_(-1, mi.unsqueeze(1).expand(B, c, N), pm.unsqueeze(1) * uc)
         return (d.unsqueeze(1) * v - torch.bmm(u, Pc) - peak) / nv.view(B, 1, 1)
-    dim = int(ng.min())                                                          # the Krylov space lives in dim dimensions
-    m = min(max(2 * k + 16, k + 32), dim)
-    keep = min(k + (m - k) // 2, m - 1)
-    floor = 64 * torch.finfo(P.dtype).eps * pbar.amax(-1)                        # (B,) rounding level of one product (see text)
     lam = P.new_zeros(B0, k); heads = torch.arange(B0, device=P.device)          # results; original ids of the heads still iterating
     g = torch.Generator(device="cpu").manual_seed(seed)
     rand = lambda: proj(torch.randn(B, 1, T, generator=g, dtype=P.dtype).to(P.device))
@@ -676,20 +686,16 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
         for j in range(j0, m):
             Vj = V[:, :j + 1]                                                    # (B, j+1, T) contiguous rows
             w = proj(op(V[:, j:j + 1]))                                          # (B, 1, T)
-            if K is not None:                                                    # CPU: the same, per head, in one compiled call (01b)
-                w = w.contiguous(); h = torch.empty(B, j + 1, dtype=P.dtype)
-                K.gram_schmidt(V.numpy(), j + 1, w.view(B, T).numpy(), h.numpy())
-            else:
-                w0 = w.norm(dim=-1, keepdim=True)
-                h = torch.bmm(w, Vj.transpose(1, 2))                             # (B, 1, j+1) classical Gram-Schmidt
-                w = w - torch.bmm(h, Vj)
-                # a second pass only where the first cancelled: |w| fell below |Mv|/sqrt(2) (Daniel-Gragg-Kaufman-Stewart).
-                # Reading V twice per step was half of the mean FIM's time (12 x 64 x 1024: 791 bmm, 0.17 of 0.29 s).
-                if bool((w.norm(dim=-1, keepdim=True) < 0.7071 * w0).any()):
-                    h2 = torch.bmm(w, Vj.transpose(1, 2))
-                    w = w - torch.bmm(h2, Vj)
-                    h = h + h2
-                h = h.squeeze(1)
+            w0 = w.norm(dim=-1, keepdim=True)
+            h = torch.bmm(w, Vj.transpose(1, 2))                                 # (B, 1, j+1) classical Gram-Schmidt
+            w = w - torch.bmm(h, Vj)
+            # a second pass only where the first cancelled: |w| fell below |Mv|/sqrt(2) (Daniel-Gragg-Kaufman-Stewart).
+            # Reading V twice per step was half of the mean FIM's time (12 x 64 x 1024: 791 bmm, 0.17 of 0.29 s).
+            if bool((w.norm(dim=-1, keepdim=True) < 0.7071 * w0).any()):
+                h2 = torch.bmm(w, Vj.transpose(1, 2))
+                w = w - torch.bmm(h2, Vj)
+                h = h + h2
+            h = h.squeeze(1)
             Hm[:, :j + 1, j] = h; Hm[:, j, :j + 1] = h
             beta = w.norm(dim=-1, keepdim=True)                                  # (B, 1, 1)
             bad = beta <= 1e-13 * Hm[:, :j + 1, :j + 1].abs().amax((-2, -1)).view(B, 1, 1)
@@ -709,7 +715,7 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
             lam[heads[ok]] = theta[ok, :k]
             stay = ~ok
             heads, gid, cnt, pm, mi, Pc, PcT, d, nv, floor, V, Hm, theta, S = (
-                None if z is None else z[stay] for z in (heads, gid, cnt, pm, mi, Pc, PcT, d, nv, floor, V, Hm, theta, S))
+                z[stay] for z in (heads, gid, cnt, pm, mi, Pc, PcT, d, nv, floor, V, Hm, theta, S))
             B = int(stay.sum())
         V[:, :keep] = torch.bmm(S[:, :, :keep].transpose(1, 2), V[:, :m])        # thick restart: keep the best Ritz vectors
         V[:, keep] = V[:, m]                                                     # and the residual direction
@@ -718,10 +724,7 @@ def _lanczos_topk(P:Tensor, # (B, N, T) float64, invalid rows zeroed
     else:
         warnings.warn(f"mean_fim_eigvalsh: Lanczos reached max_restarts={max_restarts}; max residual/limit {float((res / lim).max()):.2e}")
     lam[heads] = theta[:, :k]
-    if grouped:                                                                  # merge the deflated eigenvalues pbar_j (duplicate columns)
-        defl = torch.where(dup0, pbar0, torch.full_like(pbar0, -math.inf))
-        lam = torch.topk(torch.cat([lam, defl], -1), k, dim=-1).values
-    return lam, restart + 1
+    return _merge_deflated(lam, dup0, pbar0, grouped), restart + 1
 
 # %% ../nbs/01_spectrum.ipynb #d8f6aa52
 def _mean_fim_dense(P:Tensor, # (B, N, T) rows, invalid ones zeroed

@@ -269,24 +269,29 @@ def test_kernel_leaves_torch_threads_alone():
     assert r.stdout.split() == ["1", "1", "1"], r.stdout
 
 
+def _split(P):
+    "The mean FIM product's inputs as spectrum._lanczos_topk forms them: P = Pc + peaks, and the diagonal d."
+    pm, mi = P.max(-1)
+    Pc = P.scatter(-1, mi.unsqueeze(-1), 0.0)
+    return Pc, pm, mi, Pc.sum(1).scatter_add(-1, mi, pm * (1 - pm))
+
+
 @pytest.mark.parametrize("B,N,T,C", [(1, 1, 5, 1), (3, 16, 40, 2), (2, 64, 257, 3)])
-def test_mean_fim_matvec_equals_dense_mean_fim(B, N, T, C):
+def test_mean_fim_op_equals_dense_mean_fim(B, N, T, C):
     "The fused one-pass product of the mean FIM's Lanczos equals the dense (diag(sum p) - P^T P)/N times each vector."
     g = torch.Generator().manual_seed(B * 1000 + T)
     P = torch.softmax(4 * torch.randn(B, N, T, generator=g, dtype=torch.float64), -1)
-    pm, mi = P.max(-1)
-    Pc = P.scatter(-1, mi.unsqueeze(-1), 0.0)
-    d = Pc.sum(1).scatter_add(-1, mi, pm * (1 - pm))
+    Pc, pm, mi, d = _split(P)
     V = torch.randn(B, C, T, generator=g, dtype=torch.float64)
     out = torch.empty_like(V)
-    kernel.mean_fim_matvec(Pc.numpy(), pm.numpy(), mi.numpy(), d.numpy(), torch.full((B,), float(N), dtype=torch.float64).numpy(),
-                           V.numpy(), out.numpy())
+    for b in range(B):
+        for c in range(C): kernel._mean_fim_op(Pc[b].numpy(), pm[b].numpy(), mi[b].numpy(), d[b].numpy(), float(N), V[b, c].numpy(), out[b, c].numpy())
     F = (torch.diag_embed(P.sum(1)) - P.transpose(1, 2) @ P) / N
     torch.testing.assert_close(out, V @ F, rtol=0, atol=64 * T * 2.2e-16)
 
 
 def test_mean_fim_lanczos_with_kernel_matches_oracle():
-    "mean_fim_eigvalsh's Lanczos (the compiled product on CPU) against SciPy's dense mean FIM, top 16 to 1e-10."
+    "mean_fim_eigvalsh's Lanczos (the compiled per-head iteration on CPU) against SciPy's dense mean FIM, top 16 to 1e-10."
     from fim_attention.spectrum import mean_fim_eigvalsh
     from fim_attention.oracle import scipy_mean_fim_eigvalsh
     g = torch.Generator().manual_seed(5)
@@ -294,6 +299,83 @@ def test_mean_fim_lanczos_with_kernel_matches_oracle():
     lam = mean_fim_eigvalsh(p, k=16, method="lanczos")
     ref = torch.as_tensor(np.asarray(scipy_mean_fim_eigvalsh(p.numpy())))[..., :16]
     torch.testing.assert_close(lam, ref, rtol=1e-10, atol=0)
+
+
+def _spy_compiled(monkeypatch):
+    "Count the compiled Lanczos calls (the test must reach it, not the dense path or the torch loop)."
+    calls, real = [], kernel.mean_fim_topk
+    def spy(*a, **kw):
+        calls.append(a[0].shape); return real(*a, **kw)
+    monkeypatch.setattr(kernel, "mean_fim_topk", spy)
+    return calls
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_mean_fim_compiled_lanczos_vs_scipy(fam, monkeypatch):
+    "The compiled Lanczos on every family (2 heads, N=16, T=120, top 16) against SciPy, as test_spectrum certifies the torch loop."
+    from fim_attention.spectrum import mean_fim_eigvalsh
+    from fim_attention.oracle import scipy_mean_fim_eigvalsh
+    calls = _spy_compiled(monkeypatch)
+    p = torch.stack([make_family(fam, 16, 120, seed=h) for h in range(2)])
+    ref = scipy_mean_fim_eigvalsh(p)[:, :16]
+    lam = mean_fim_eigvalsh(p, 16, method="lanczos").numpy()
+    assert np.max(np.abs(lam - ref) / ref) <= 1e-10
+    from fim_attention.spectrum import _column_groups
+    krylov = int(_column_groups(p.double())[2].min()) > 48           # enough distinct columns for a basis of 48 (else dense)
+    assert bool(calls) == krylov
+
+
+def test_mean_fim_compiled_lanczos_cases(monkeypatch):
+    """Repeated eigenvalues from identical columns (the deflation), invalid rows, float32 input and a causal head, through
+    the compiled Lanczos; each head's result does not depend on the other heads of the batch or on the thread count."""
+    from fim_attention.spectrum import mean_fim_eigvalsh
+    from fim_attention.oracle import scipy_mean_fim_eigvalsh
+    calls = _spy_compiled(monkeypatch)
+    g = np.random.default_rng(0)
+    heads = [np.concatenate([g.dirichlet(np.ones(100), size=20) * 0.2, np.full((20, 100), 0.8 / 100)], -1) for _ in range(2)]
+    heads.append(make_family("causal", 20, 200, seed=3).numpy())
+    p = torch.from_numpy(np.stack(heads))                            # (3, 20, 200): two with 100 identical columns
+    ref = scipy_mean_fim_eigvalsh(p)[:, :16]
+    assert np.sum(np.isclose(ref[0], 0.008, rtol=1e-12)) >= 10      # the repeated eigenvalue is in the top 16
+    lam = mean_fim_eigvalsh(p, 16, method="lanczos")
+    assert calls and np.max(np.abs(lam.numpy() - ref) / ref) <= 1e-10
+    valid = torch.ones(3, 20, dtype=torch.bool); valid[2, 5:] = False
+    lv = mean_fim_eigvalsh(p, 16, method="lanczos", valid=valid)
+    refv = scipy_mean_fim_eigvalsh(p[2, :5])[:16]
+    nz = refv > 1e-14
+    assert np.max(np.abs(lv[2].numpy()[nz] - refv[nz]) / refv[nz]) <= 1e-10
+    l32 = mean_fim_eigvalsh(p[2:].float(), 16, method="lanczos")
+    r32 = scipy_mean_fim_eigvalsh(p[2:].float().double())[:, :16]
+    assert l32.dtype == torch.float32 and np.max(np.abs(l32.double().numpy() - r32) / r32) <= 2 * np.finfo(np.float32).eps
+    n0 = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1); one = mean_fim_eigvalsh(p, 16, method="lanczos")
+        torch.set_num_threads(2); two = mean_fim_eigvalsh(p, 16, method="lanczos")
+    finally: torch.set_num_threads(n0)
+    alone = mean_fim_eigvalsh(p[1:2], 16, method="lanczos")
+    assert torch.equal(one, two) and torch.equal(one, lam) and torch.equal(alone[0], lam[1])   # identical to the bit
+
+
+def test_mean_fim_compiled_lanczos_warns_at_max_restarts():
+    "A limit it cannot reach (tol below rounding, no floor) ends at max_restarts with the torch path's warning."
+    from fim_attention.spectrum import _lanczos_topk, _column_groups
+    g = torch.Generator().manual_seed(1)
+    P = torch.softmax(2 * torch.randn(2, 64, 300, generator=g, dtype=torch.float64), -1)
+    nv = torch.full((2,), 64.0, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="max_restarts=2"):
+        lam, rs = _lanczos_topk(P, P.mean(1), nv, 16, tol=1e-30, max_restarts=2)
+    assert rs == 2 and lam.shape == (2, 16)
+
+
+def test_mean_fim_compiled_equals_torch_loop():
+    "The compiled per-head Lanczos and the batched torch loop (different start vectors) agree to their tolerance."
+    from fim_attention.spectrum import _lanczos_topk
+    g = torch.Generator().manual_seed(2)
+    P = torch.softmax(2 * torch.randn(4, 64, 400, generator=g, dtype=torch.float64), -1)
+    nv = torch.full((4,), 64.0, dtype=torch.float64)
+    a, _ = _lanczos_topk(P, P.mean(1), nv, 16, compiled=True)
+    b, _ = _lanczos_topk(P, P.mean(1), nv, 16, compiled=False)
+    torch.testing.assert_close(a, b, rtol=1e-11, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])

@@ -17,6 +17,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 import functools
 
+from fim_attention import spectrum
 from fim_attention.spectrum import check_probs, mean_fim_eigvalsh, one_minus_sum, _secular_topk
 from fim_attention.spectrum import fim_eigvalsh as _fim_eigvalsh
 
@@ -375,9 +376,16 @@ def test_property_vs_mpmath(p):
 
 
 # ---------------------------------------------------------------- mean FIM
+@pytest.fixture
+def torch_lanczos(monkeypatch):
+    "The torch Lanczos on CPU too: this file certifies the torch path (test_kernel.py holds the compiled per-head one)."
+    real = spectrum._lanczos_topk
+    monkeypatch.setattr(spectrum, "_lanczos_topk", lambda *a, **kw: real(*a, **{**kw, "compiled": False}))
+
+
 @pytest.mark.parametrize("method", ["dense", "lanczos"])
 @pytest.mark.parametrize("fam", FAMILIES)
-def test_mean_fim_vs_scipy(fam, method):
+def test_mean_fim_vs_scipy(fam, method, torch_lanczos):
     p = torch.stack([make_family(fam, 16, 120, seed=h) for h in range(2)])    # (2 heads, N=16, T=120)
     ref = scipy_mean_fim_eigvalsh(p)[:, :16]
     lam = mean_fim_eigvalsh(p, 16, method=method).numpy()
@@ -405,14 +413,14 @@ def test_mean_fim_valid_and_dtypes():
     assert np.max(np.abs(l32[0, 0].double().numpy() - ref) / ref) <= 1e-7
 
 
-def test_mean_fim_lanczos_larger():
+def test_mean_fim_lanczos_larger(torch_lanczos):
     "One larger case per path: 3 heads, N=64, T=600, top 16, Lanczos vs dense float64 (SciPy)."
     p = torch.stack([make_family(f, 64, 600, seed=1) for f in ("dirichlet_10", "peaked_0.999", "causal")])
     ref = scipy_mean_fim_eigvalsh(p)[:, :16]
     assert np.max(np.abs(mean_fim_eigvalsh(p, 16).numpy() - ref) / ref) <= 1e-10       # auto -> Lanczos here
 
 
-def test_mean_fim_lanczos_float32_input():
+def test_mean_fim_lanczos_float32_input(torch_lanczos):
     "float32 rows miss sum 1 by ~1e-8, so 1 is not an exact null vector: Lanczos must still converge (no warning)."
     p = torch.stack([make_family(f, 16, 300, torch.float32, seed=2) for f in ("dirichlet_1", "causal")])
     lam = mean_fim_eigvalsh(p, 16, method="lanczos")
@@ -421,7 +429,7 @@ def test_mean_fim_lanczos_float32_input():
     assert np.max(np.abs(lam.double().numpy() - ref) / ref) <= 2 * np.finfo(np.float32).eps
 
 
-def test_lanczos_handles_repeated_eigenvalues():
+def test_lanczos_handles_repeated_eigenvalues(torch_lanczos):
     """Identical columns (a uniform tail shared by every row) give an eigenvalue of multiplicity ~100 in the top 16,
     which a single-vector Krylov method alone would see once; the column deflation must supply the copies."""
     g = np.random.default_rng(0)
