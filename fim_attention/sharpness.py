@@ -11,6 +11,7 @@ __all__ = ['TopEigs', 'lanczos', 'split_batch', 'curvature_mode', 'model_params'
 # %% ../nbs/11_sharpness.ipynb #ce420c1f
 import math
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -18,8 +19,21 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vjp
+from torch.func import functional_call, grad, jvp as _torch_jvp, vjp
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# %% ../nbs/11_sharpness.ipynb #f9888bbc
+def _forward_ad_ready():
+    "Load torch's forward-AD decompositions once, with the `torch.jit.script` DeprecationWarning their import raises silenced."
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
+        try: import torch._decomp.decompositions_for_jvp  # noqa: F401  (private: absent in some torch, then nothing to load)
+        except ImportError: pass
+
+def _jvp(f, primals, tangents):
+    "`torch.func.jvp` after `_forward_ad_ready`: no warning of torch's own on the caller's first forward-mode product."
+    _forward_ad_ready()
+    return _torch_jvp(f, primals, tangents)
 
 # %% ../nbs/11_sharpness.ipynb #03e5284f
 @dataclass
@@ -187,7 +201,7 @@ def hessian_operator(model: nn.Module, # a GPT (any attention variant)
         g = grad(loss)
         def mv(v):
             with curvature_mode(model):
-                return flatten(jvp(g, (params,), (unflatten(v.to(dt), params),))[1])
+                return flatten(_jvp(g, (params,), (unflatten(v.to(dt), params),))[1])
     else:
         def mv(v):
             with curvature_mode(model), torch.enable_grad():
@@ -245,7 +259,7 @@ def attention_fisher_operator(model: nn.Module, # a GPT (any attention variant)
         probs, pull = vjp(f, params)  # one forward; `pull` is reused by every product
     def mv(v):
         with curvature_mode(model):
-            dp = jvp(f, (params,), (unflatten(v.to(probs[0].dtype), params),))[1]  # J_p v = F J_s v, per layer
+            dp = _jvp(f, (params,), (unflatten(v.to(probs[0].dtype), params),))[1]  # J_p v = F J_s v, per layer
         # F = D - pp^T and J_p = F J_s give J_p^T D^-1 J_p = J_s^T F D^-1 F J_s = J_s^T F J_s on the support
         w = [torch.where(p > 0, d / torch.where(p > 0, p, 1), 0) / N for p, d in zip(probs, dp)]
         return flatten(pull(w)[0])
@@ -276,7 +290,7 @@ def gauss_newton_operator(model: nn.Module, # a GPT (any attention variant)
     m = keep.view(y.shape).unsqueeze(-1).to(z.dtype) / N  # (B, T, 1)
     def mv(v):
         with curvature_mode(model):
-            dz = jvp(f, (params,), (unflatten(v.to(z.dtype), params),))[1]  # (B, T, V)
+            dz = _jvp(f, (params,), (unflatten(v.to(z.dtype), params),))[1]  # (B, T, V)
         fdz = q * dz - q * (q * dz).sum(-1, keepdim=True)  # Hessian of the cross-entropy in z, applied
         return flatten(pull(fdz * m)[0])
     return _operator(mv, params)

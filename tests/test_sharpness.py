@@ -340,3 +340,19 @@ def test_wrong_inputs():
     with pytest.raises(ValueError, match="positive"): preconditioned_operator(op, torch.ones(op.n - 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="positive"): preconditioned_operator(op, torch.zeros(op.n, dtype=torch.float64))
     with pytest.raises(ValueError, match="entries"): unflatten(torch.zeros(3), {"a": torch.zeros(2)})
+
+
+def test_forward_mode_products_raise_no_torch_deprecation_warning():
+    "Regression: the first jvp of a process loads torch's forward-AD decompositions, whose import calls the deprecated\n    torch.jit.script; under -W error that DeprecationWarning stopped `lr-sweep` (18 of them in test_cli_lr_sweep)."
+    import subprocess, sys
+    code = ("import torch\n"
+            "from fim_attention.model import GPT, GPTConfig\n"
+            "from fim_attention.sharpness import gauss_newton_operator, hessian_operator\n"
+            "torch.manual_seed(0)\n"
+            "m = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)).double()\n"
+            "b = torch.randint(0, 11, (2, 9))\n"
+            "for op in (hessian_operator(m, b, method='forward'), gauss_newton_operator(m, b)):\n"
+            "    v = torch.randn(op.n, dtype=torch.float64)\n"
+            "    assert torch.isfinite(op(v)).all()\n")
+    r = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
