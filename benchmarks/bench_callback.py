@@ -11,6 +11,11 @@ Two figures, both measured in one process with the two arms interleaved (medians
    overhead = (time with - time without) / time without. Both arms do identical training work
    (the callback does not touch the training RNG stream).
 
+Beside figure 1, the floor of one measurement from its work alone: the forward pass, the dense float64 / float32
+`eigvalsh` of every head's mean FIM and reference at T x T, and the per-query full spectra at the division bound
+(the kernel's pole terms, counted from its iterations, each costing one vectorised float64 division and its two
+sums, timed in a bare compiled loop on one thread and divided by the threads), against 0.2 of a step.
+
     OMP_NUM_THREADS=2 python benchmarks/bench_callback.py             # defaults
     python benchmarks/bench_callback.py --steps 1000 --device cuda    # longer, on a GPU
 """
@@ -22,6 +27,8 @@ import statistics
 import tempfile
 import time
 
+import numba
+import numpy as np
 import torch
 
 from fim_attention.data import load_corpus
@@ -40,6 +47,60 @@ def timed(fn, dev):
     fn()
     sync(dev)
     return time.perf_counter() - t
+
+
+@numba.njit(fastmath={"reassoc", "contract"}, error_model="numpy", cache=False)
+def _bare_divisions(D, W, x, reps):
+    "reps x len(D) pole terms W_j / (D_j - x) and their squares' sums: the least work of one secular evaluation."
+    g = 0.0; d = 0.0
+    for r in range(reps):
+        xr = x + r * 1e-12
+        for j in range(D.shape[0]):
+            r = 1.0 / (D[j] - xr)                                  # as the kernel: one division per pole term
+            q = W[j] * r
+            g += q; d += q * r
+    return g + d
+
+
+def measurement_floor(model, batch, dev, reps=5):
+    "The work of one callback measurement that no implementation can skip: forward, dense solves, spectra at the division bound."
+    from fim_attention import kernel
+    from fim_attention.spectrum import check_probs
+    nt = torch.get_num_threads()
+    was = model.training; model.eval()
+    with torch.no_grad():
+        fwd = [timed(lambda: model(batch, capture=True), dev) for _ in range(reps)]
+        probs = model(batch, capture=True)[-1]
+    model.train(was)
+    L = len(probs); B, H, T, _ = probs[0].shape
+    A = torch.rand(L * H, T, T, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    F64 = A + A.transpose(1, 2); F32 = F64.float()                # (L*H, T, T): the solves' cost is the shape's
+    dense = [timed(lambda: (torch.linalg.eigvalsh(F64), torch.linalg.eigvalsh(F32)), dev) for _ in range(reps)]
+    P = torch.cat([check_probs(p.reshape(-1, T).cpu(), normalize=True)[0] for p in probs]).contiguous().numpy()   # (rows, T)
+    ok = np.ones(P.shape[0], dtype=bool)
+    torch.set_num_threads(1)                                       # the kernel follows torch's thread count
+    try:
+        lam, it = kernel.topk(P, ok, T, normalize=True)
+        nnz = (P > 0).sum(1)
+        evals = np.where(it > 0, it + 1, (lam > 0) & (it == 0))    # a solved root: its midpoint plus its iterations
+        terms = int((evals.sum(1) * nnz).sum())
+        kern = [timed(lambda: kernel.topk(P, ok, T, normalize=True), torch.device("cpu")) for _ in range(reps)]
+    finally:
+        torch.set_num_threads(nt)
+    rng = np.random.default_rng(0)
+    D = np.sort(rng.random(64))[::-1] + 1.0; W = D.copy()
+    rep = max(1, terms // D.shape[0])
+    _bare_divisions(D, W, 0.5, 10)
+    bare = [timed(lambda: _bare_divisions(D, W, 0.5, rep), torch.device("cpu")) for _ in range(reps)]
+    med = statistics.median
+    per_term = med(bare) / (rep * D.shape[0])
+    bound_ms = terms * per_term / nt * 1e3
+    out = dict(threads=nt, forward_ms=med(fwd) * 1e3, dense_ms=med(dense) * 1e3, rows=int(P.shape[0]), pole_terms=terms,
+               kernel_1thread_ms=med(kern) * 1e3, kernel_ns_per_term=med(kern) / terms * 1e9, division_ns_per_term=per_term * 1e9,
+               spectra_bound_ms=bound_ms)
+    out["kernel_over_bound"] = out["kernel_ns_per_term"] / out["division_ns_per_term"]
+    out["floor_ms"] = out["forward_ms"] + out["dense_ms"] + bound_ms
+    return out
 
 
 def main(argv=None):
@@ -100,9 +161,18 @@ def main(argv=None):
                threads=torch.get_num_threads(), device=str(dev), loadavg_start=load0, loadavg_end=list(os.getloadavg()),
                model=dict(n_layer=cfg.model.n_layer, n_head=cfg.model.n_head, n_embd=cfg.model.n_embd, T=cfg.model.block_size),
                batch_size=cfg.batch_size, fim_batch_size=cfg.fim_batch_size, query_rows=n_rows, fim_rows=cfg.fim_rows,
-               reps=args.reps, step_ms=st * 1e3, callback_ms=ct * 1e3, query_ms=statistics.median(q_t) * 1e3,
+               reps=args.reps, step_ms=st * 1e3, callback_ms=ct * 1e3, step_min_ms=min(step_t) * 1e3, callback_min_ms=min(cb_t) * 1e3, query_ms=statistics.median(q_t) * 1e3,
                mean_ms=statistics.median(m_t) * 1e3, ratio_callback_over_step=ct / st,
                implied_overhead=ct / (cfg.fim_interval * st), fim_interval=cfg.fim_interval)
+    if dev.type != "cpu": print("\n   (the floor is the CPU kernel's: measured on CPU runs only)")
+    else: rec["floor"] = measurement_floor(with_cb.raw_model, cb.batch.to(dev), dev)
+    floor, lim = rec.get("floor"), 0.2 * st * 1e3
+    if floor: print(f"\n   floor of one measurement from its work alone ({floor['threads']} threads): forward {floor['forward_ms']:.1f} ms + "
+          f"dense mean FIM / reference eigvalsh {floor['dense_ms']:.1f} ms + per-query spectra at the division bound "
+          f"{floor['spectra_bound_ms']:.1f} ms = {floor['floor_ms']:.1f} ms, against {lim:.1f} ms for 0.2 of the median step ({0.2 * min(step_t) * 1e3:.1f} ms "
+          f"for 0.2 of the fastest)")
+    if floor: print(f"   per-query spectra: {floor['pole_terms']:,} pole terms, {floor['kernel_ns_per_term']:.2f} ns each in the kernel "
+          f"(1 thread) vs {floor['division_ns_per_term']:.2f} ns bare: the kernel at {floor['kernel_over_bound']:.2f}x its division bound")
     def save():
         if args.json:
             os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
