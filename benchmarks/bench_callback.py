@@ -53,8 +53,8 @@ def timed(fn, dev):
 def _bare_divisions(D, W, x, reps):
     "reps x len(D) pole terms W_j / (D_j - x) and their squares' sums: the least work of one secular evaluation."
     g = 0.0; d = 0.0
-    for r in range(reps):
-        xr = x + r * 1e-12
+    for k in range(reps):
+        xr = x + k * 1e-12
         for j in range(D.shape[0]):
             r = 1.0 / (D[j] - xr)                                  # as the kernel: one division per pole term
             q = W[j] * r
@@ -72,7 +72,7 @@ def measurement_floor(model, batch, dev, reps=5):
         fwd = [timed(lambda: model(batch, capture=True), dev) for _ in range(reps)]
         probs = model(batch, capture=True)[-1]
     model.train(was)
-    L = len(probs); B, H, T, _ = probs[0].shape
+    L = len(probs); H, T = probs[0].shape[1], probs[0].shape[-1]
     A = torch.rand(L * H, T, T, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     F64 = A + A.transpose(1, 2); F32 = F64.float()                # (L*H, T, T): the solves' cost is the shape's
     dense = [timed(lambda: (torch.linalg.eigvalsh(F64), torch.linalg.eigvalsh(F32)), dev) for _ in range(reps)]
@@ -80,10 +80,11 @@ def measurement_floor(model, batch, dev, reps=5):
     ok = np.ones(P.shape[0], dtype=bool)
     torch.set_num_threads(1)                                       # the kernel follows torch's thread count
     try:
-        lam, it = kernel.topk(P, ok, T, normalize=True)
-        nnz = (P > 0).sum(1)
-        evals = np.where(it > 0, it + 1, (lam > 0) & (it == 0))    # a solved root: its midpoint plus its iterations
-        terms = int((evals.sum(1) * nnz).sum())
+        _, it = kernel.topk(P, ok, T, normalize=True)
+        S = -np.sort(-P, 1); lo = np.concatenate([S[:, 1:], np.zeros_like(S[:, :1])], 1)
+        solved = (lo < S) & (lo > 0)                               # roots the kernel iterates for (not ties, not the null root)
+        evals = np.where(solved, np.where(it < 0, 101, it + 1), 0) # its midpoint plus its iterations (-1: all 100 of them)
+        terms = int((evals.sum(1) * (P > 0).sum(1)).sum())         # each evaluation: one term per key
         kern = [timed(lambda: kernel.topk(P, ok, T, normalize=True), torch.device("cpu")) for _ in range(reps)]
     finally:
         torch.set_num_threads(nt)

@@ -9,6 +9,7 @@ __all__ = ['TopEigs', 'lanczos', 'split_batch', 'curvature_mode', 'model_params'
            'adam_stability_threshold', 'preconditioned_operator', 'preconditioned_sharpness']
 
 # %% ../nbs/11_sharpness.ipynb #ce420c1f
+import functools
 import math
 import time
 import warnings
@@ -23,6 +24,7 @@ from torch.func import functional_call, grad, jvp as _torch_jvp, vjp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # %% ../nbs/11_sharpness.ipynb #f9888bbc
+@functools.cache                                                   # once per process: the import is torch's one-time cost
 def _forward_ad_ready():
     "Load torch's forward-AD decompositions once, with the `torch.jit.script` DeprecationWarning their import raises silenced."
     with warnings.catch_warnings():
