@@ -5,7 +5,9 @@ Two figures, both measured in one process with the two arms interleaved (medians
 
 1. **one full-coverage measurement vs one training step**: the callback's `measure` (every query
    row of every head of every layer of its fixed batch, per-query metrics, plus the mean FIM of
-   `fim_rows` sampled rows per head) against one optimiser step at the default batch size;
+   `fim_rows` sampled rows per head) against one optimiser step at the default batch size; beside
+   it the same measurement without the metrics that need every eigenvalue (`full_spectrum=False`:
+   no eff_rank, no mean-FIM cond), what a user who switches them off pays;
 2. **overhead at the default cadence**: two trainers with the same config, one with the callback
    (every `fim_interval` steps) and one without, advanced alternately one step at a time;
    overhead = (time with - time without) / time without. Both arms do identical training work
@@ -17,6 +19,7 @@ Beside figure 1, the floor of one measurement from its work alone: the forward p
 sums, timed in a bare compiled loop on one thread and divided by the threads), against 0.2 of a step.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_callback.py             # defaults
+    python benchmarks/bench_callback.py --steps 0 --threads 2 --block_size 1024 --reps 3 --json benchmarks/results/bench_callback_T1024.json
     python benchmarks/bench_callback.py --steps 1000 --device cuda    # longer, on a GPU
 """
 import argparse
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 
 from fim_attention.data import load_corpus
+from fim_attention.model import GPTConfig
 from fim_attention.training import FisherMetricsCallback, TrainConfig, Trainer
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_callback.json")
@@ -111,6 +115,7 @@ def main(argv=None):
     ap.add_argument("--fim_interval", type=int, default=TrainConfig.fim_interval)
     ap.add_argument("--batch_size", type=int, default=TrainConfig.batch_size)
     ap.add_argument("--fim_batch_size", type=int, default=TrainConfig.fim_batch_size)
+    ap.add_argument("--block_size", type=int, default=GPTConfig.block_size, help="context length T of the model (and of the callback's rows)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--json", default=RESULTS, help="where the figures go (default results/bench_callback.json; '' for none)")
@@ -122,8 +127,8 @@ def main(argv=None):
     out = tempfile.mkdtemp(prefix="bench_callback_")
     base = dict(batch_size=args.batch_size, fim_interval=args.fim_interval, fim_batch_size=args.fim_batch_size, eval_interval=0, ckpt_interval=0,
                 log_interval=args.fim_interval, progress=False, tensorboard=False, device=args.device,
-                max_steps=10**9, warmup_steps=100)
-    corpus = load_corpus(block_size=TrainConfig().model.block_size)
+                max_steps=10**9, warmup_steps=100, model=GPTConfig(block_size=args.block_size))
+    corpus = load_corpus(block_size=args.block_size)
     with_cb = Trainer(TrainConfig(**base, out_dir=out + "/with"), corpus=corpus)
     without = Trainer(TrainConfig(**{**base, "fim_interval": 0}, out_dir=out + "/without"), corpus=corpus)
     cb = next(c for c in with_cb.callbacks if isinstance(c, FisherMetricsCallback))
@@ -140,13 +145,16 @@ def main(argv=None):
     cb.measure(with_cb.raw_model, 0)
 
     # 1. one measurement vs one training step, interleaved
-    step_t, cb_t, q_t, m_t = [], [], [], []
+    step_t, cb_t, top_t, q_t, m_t = [], [], [], [], []
     query_only = FisherMetricsCallback(batch_size=cfg.fim_batch_size, modes=("query",))
     mean_only = FisherMetricsCallback(batch_size=cfg.fim_batch_size, n_rows=cfg.fim_rows, modes=("mean",))
-    query_only.batch = mean_only.batch = cb.batch
+    top_only = FisherMetricsCallback(batch_size=cfg.fim_batch_size, n_rows=cfg.fim_rows, full_spectrum=False)
+    query_only.batch = mean_only.batch = top_only.batch = cb.batch
+    top_only.measure(with_cb.raw_model, 0)
     for r in range(args.reps):
         step_t.append(timed(without.train_step, dev))
         cb_t.append(timed(lambda: cb.measure(with_cb.raw_model, r), dev))
+        top_t.append(timed(lambda: top_only.measure(with_cb.raw_model, r), dev))
         q_t.append(timed(lambda: query_only.per_head(with_cb.raw_model, r), dev))
         m_t.append(timed(lambda: mean_only.per_head(with_cb.raw_model, r), dev))
     st, ct = statistics.median(step_t), statistics.median(cb_t)
@@ -155,6 +163,9 @@ def main(argv=None):
     print(f"     of which per-query     median {statistics.median(q_t) * 1e3:8.1f} ms; mean FIM "
           f"{statistics.median(m_t) * 1e3:.1f} ms")
     print(f"   ratio callback / step    {ct / st:8.3f}   (target <= 0.2, issue 10)")
+    tt = statistics.median(top_t)
+    print(f"   without the full-spectrum metrics (full_spectrum=False: no eff_rank, no mean-FIM cond): median {tt * 1e3:.1f} ms "
+          f"(min {min(top_t) * 1e3:.1f}), {tt / st:.3f} of a step")
     print(f"   implied overhead at fim_interval={cfg.fim_interval}: {ct / (cfg.fim_interval * st):.2%}")
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     rec = dict(command="python benchmarks/bench_callback.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
@@ -164,9 +175,10 @@ def main(argv=None):
                batch_size=cfg.batch_size, fim_batch_size=cfg.fim_batch_size, query_rows=n_rows, fim_rows=cfg.fim_rows,
                reps=args.reps, step_ms=st * 1e3, callback_ms=ct * 1e3, step_min_ms=min(step_t) * 1e3, callback_min_ms=min(cb_t) * 1e3, query_ms=statistics.median(q_t) * 1e3,
                mean_ms=statistics.median(m_t) * 1e3, ratio_callback_over_step=ct / st,
+               callback_top_ms=tt * 1e3, callback_top_min_ms=min(top_t) * 1e3, ratio_top_over_step=tt / st,
                implied_overhead=ct / (cfg.fim_interval * st), fim_interval=cfg.fim_interval)
     if dev.type != "cpu": print("\n   (the floor is the CPU kernel's: measured on CPU runs only)")
-    else: rec["floor"] = measurement_floor(with_cb.raw_model, cb.batch.to(dev), dev)
+    else: rec["floor"] = measurement_floor(with_cb.raw_model, cb.batch.to(dev), dev, reps=min(5, args.reps))
     floor, lim = rec.get("floor"), 0.2 * st * 1e3
     if floor: print(f"\n   floor of one measurement from its work alone ({floor['threads']} threads): forward {floor['forward_ms']:.1f} ms + "
           f"dense mean FIM / reference eigvalsh {floor['dense_ms']:.1f} ms + per-query spectra at the division bound "

@@ -76,6 +76,7 @@ class TrainConfig:
     fim_window: int = 100  # measurements in the rolling means (the keys ending in _last{fim_window})
     fim_tau: float = 1.0  # softmax temperature tau of the FIM (1/tau^2)(diag p - p p^T)
     fim_seed: int = 1234  # seed of the callback's own generator (row sampling); the training RNG is never touched
+    fim_full_spectrum: bool = True  # also the metrics that need every eigenvalue (per-query eff_rank; eff_rank, cond of the mean FIM); False: the top 16 only
 
     def __post_init__(self):
         if isinstance(self.model, dict): self.model = GPTConfig(**self.model)
@@ -85,7 +86,8 @@ class TrainConfig:
             if getattr(self, k) < 0: raise ValueError(f"{k} must be >= 0, got {getattr(self, k)}")
         if not 0 <= self.min_lr <= self.lr: raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.dtype not in ("float32", "bfloat16"): raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-        if not isinstance(self.overwrite, bool): raise ValueError(f"overwrite must be True or False, got {self.overwrite!r}")
+        for k in ("overwrite", "fim_full_spectrum"):
+            if not isinstance(getattr(self, k), bool): raise ValueError(f"{k} must be True or False, got {getattr(self, k)!r}")
         if self.overwrite and _resume_target(self.resume) is not None:  # one continues the run in out_dir, the other deletes it
             raise ValueError(f"resume={self.resume!r} and overwrite=True exclude each other: resume continues the run "
                              f"in out_dir, overwrite deletes it")
@@ -95,7 +97,7 @@ class TrainConfig:
 # %% ../nbs/06_training.ipynb #4097f2fc
 RUNTIME_FIELDS = frozenset({"out_dir", "resume", "overwrite", "tensorboard", "progress", "device", "log_interval",
                             "eval_interval", "eval_windows", "ckpt_interval", "fim_interval", "fim_batch_size",
-                            "fim_rows", "fim_window", "fim_tau", "fim_seed"})
+                            "fim_rows", "fim_window", "fim_tau", "fim_seed", "fim_full_spectrum"})
 
 def config_diff(saved: dict, cfg: TrainConfig) -> list[str]:
     "Trajectory-relevant differences between a checkpoint's config and `cfg`, as readable lines."
@@ -277,14 +279,16 @@ class FisherMetricsCallback(Callback):
                  tau: float = 1.0, # softmax temperature of the FIM, (1/tau^2)(diag p - p p^T)
                  seed: int = 1234, # the probe's own generator (row sampling)
                  ranks: tuple[int, ...] = (8, 16), # energy_r{k} keys
-                 modes: tuple[str, ...] = ("query", "mean", "reference")): # definitions to log (see above)
+                 modes: tuple[str, ...] = ("query", "mean", "reference"), # definitions to log (see above)
+                 full_spectrum: bool = True): # False: skip the metrics that need every eigenvalue (`full_spectrum_metrics`)
         if interval < 1: raise ValueError(f"interval must be >= 1, got {interval}")
         bad = set(modes) - set(FIM_MODES)
         if bad or not modes: raise ValueError(f"modes must be a non-empty subset of {FIM_MODES}, got {modes}")
+        if not isinstance(full_spectrum, bool): raise ValueError(f"full_spectrum must be True or False, got {full_spectrum!r}")
         self.interval, self.batch_size, self.n_rows, self.tau, self.seed = interval, batch_size, n_rows, tau, seed
-        self.ranks, self.modes = tuple(ranks), tuple(modes)
+        self.ranks, self.modes, self.full_spectrum = tuple(ranks), tuple(modes), full_spectrum
         self.probe = Probe(self.modes, rows={"query": Rows.all(), "mean": Rows.sample(n_rows), "reference": Rows.sample(n_rows)},
-                           ranks=self.ranks, tau=tau, normalize=True, group="batch", seed=seed)
+                           ranks=self.ranks, tau=tau, normalize=True, group="batch", seed=seed, full_spectrum=full_spectrum)
         self.window, self.batch, self.last_step = RollingWindow(window), None, -1
 
     def set_batch(self, val_tokens: Tensor, block_size: int):
@@ -431,7 +435,8 @@ def _build(self: Trainer, cfg: TrainConfig, callbacks: list[Callback] | None, co
     self.callbacks = list(callbacks or [])
     if cfg.fim_interval > 0 and not any(isinstance(c, FisherMetricsCallback) for c in self.callbacks):
         self.callbacks.append(FisherMetricsCallback(cfg.fim_interval, cfg.fim_batch_size, cfg.fim_rows,
-                                                    cfg.fim_window, cfg.fim_tau, cfg.fim_seed))
+                                                    cfg.fim_window, cfg.fim_tau, cfg.fim_seed,
+                                                    full_spectrum=cfg.fim_full_spectrum))
     self.step, self.elapsed, self.train_time, self.should_stop, self.last_fisher = 0, 0.0, 0.0, False, {}
     self.last, self.interrupted = {}, None  # latest logged values; the signal that stopped the run
     ckpt = self._load_resume()  # validated before anything is written

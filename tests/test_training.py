@@ -190,6 +190,35 @@ def test_callback_measures_what_the_model_multiplies(corpus):
     assert all(bytes(row.tolist()) in val for row in cb.batch)
 
 
+
+def test_callback_without_full_spectrum_drops_only_those_metrics(tmp_path, corpus):
+    "full_spectrum=False: no eff_rank (any mode) and no mean-FIM cond; every other key logged, with the full run's value."
+    from fim_attention.model import GPT
+    from fim_attention.probe import full_spectrum_metrics
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY))
+    full, top = (FisherMetricsCallback(batch_size=2, n_rows=16, full_spectrum=f) for f in (True, False))
+    full.set_batch(corpus.val, 32); top.batch = full.batch
+    a, b = full.measure(model, 3), top.measure(model, 3)
+    def dropped(k):
+        mode = {"fisher": "query", "fisher_meanfim": "mean", "fisher_reference": "reference"}[k.split("/")[0]]
+        return any(f"/{m}" in k for m in full_spectrum_metrics(mode))
+    assert set(b) == {k for k in a if not dropped(k)} and any(dropped(k) for k in a)
+    assert any(k.startswith("fisher_meanfim/") and "/cond" in k for k in a if dropped(k))   # the mean FIM's cond goes
+    assert any(k.startswith("fisher/") and "/cond" in k for k in b)                         # the per-query cond stays
+    for k in b:  # the top-16 path and the full spectrum agree on everything both compute
+        assert b[k] == pytest.approx(a[k], rel=1e-9, abs=1e-12, nan_ok=True), k
+    # the Trainer's flag reaches the callback; a resume may change it (it does not touch the trajectory)
+    assert "fim_full_spectrum" in RUNTIME_FIELDS
+    t = Trainer(tiny(tmp_path, "top", fim_full_spectrum=False), corpus=corpus)
+    assert next(c for c in t.callbacks if isinstance(c, FisherMetricsCallback)).full_spectrum is False
+    t.logger.close()
+    for bad in (0, "no", None):
+        with pytest.raises(ValueError, match="full_spectrum must be True or False"):
+            TrainConfig(fim_full_spectrum=bad)
+        with pytest.raises(ValueError, match="full_spectrum must be True or False"):
+            FisherMetricsCallback(full_spectrum=bad)
+
 def test_bad_inputs_leave_nothing_behind(tmp_path, corpus):
     short = tmp_path / "short.txt"
     short.write_text("too short for a context\n")
