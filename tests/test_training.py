@@ -208,6 +208,10 @@ def test_callback_without_full_spectrum_drops_only_those_metrics(tmp_path, corpu
     assert any(k.startswith("fisher/") and "/cond" in k for k in b)                         # the per-query cond stays
     for k in b:  # the top-16 path and the full spectrum agree on everything both compute
         assert b[k] == pytest.approx(a[k], rel=1e-9, abs=1e-12, nan_ok=True), k
+    # a resumed run that switches it off: the rolling means of the keys it no longer measures stay out of the log
+    top.load_state_dict(full.state_dict())
+    c = top.measure(model, 4)
+    assert set(c) == set(b) and not any("eff_rank" in k for k in c)
     # the Trainer's flag reaches the callback; a resume may change it (it does not touch the trajectory)
     assert "fim_full_spectrum" in RUNTIME_FIELDS
     t = Trainer(tiny(tmp_path, "top", fim_full_spectrum=False), corpus=corpus)
