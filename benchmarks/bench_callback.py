@@ -19,7 +19,7 @@ Beside figure 1, the floor of one measurement from its work alone: the forward p
 sums, timed in a bare compiled loop on one thread and divided by the threads), against 0.2 of a step.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_callback.py             # defaults
-    python benchmarks/bench_callback.py --steps 0 --threads 2 --block_size 1024 --reps 3 --json benchmarks/results/bench_callback_T1024.json
+    python benchmarks/bench_callback.py --steps 0 --threads 2 --block_size 1024 --reps 3 --json OUT.json   # T = 1024, ~4 min
     python benchmarks/bench_callback.py --steps 1000 --device cuda    # longer, on a GPU
 """
 import argparse

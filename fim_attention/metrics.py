@@ -284,10 +284,11 @@ class RollingWindow:
     def update(self, record:dict[str, float]): # key -> value (e.g. from `fisher_log_dict`)
         "Append one value per key (keys may come and go)."
         for k, v in record.items(): self.values.setdefault(k, deque(maxlen=self.size)).append(float(v))
-    def mean(self) -> dict[str, float]:
+    def mean(self, keys=None) -> dict[str, float]: # only these keys (e.g. the record just logged); None: every key seen
         "`{key}_last{size}` -> mean of the finite values among the last `size` (NaN if none)."
         out = {}
         for k, d in self.values.items():
+            if keys is not None and k not in keys: continue
             f = [x for x in d if math.isfinite(x)]
             out[f"{k}_last{self.size}"] = math.fsum(f) / len(f) if f else math.nan
         return out

@@ -322,8 +322,7 @@ def measure(self: FisherMetricsCallback, model: nn.Module, step: int = 0) -> dic
             log.update(_group_means(ph[mode], rev, prefix, "reversed_layers"))
             log.update(_group_means(ph[mode], [l for l in range(L) if l not in rev], prefix, "standard_layers"))
     self.window.update(log)
-    sfx = f"_last{self.window.size}"   # only the keys measured now: a key no longer measured (a resumed run that switched
-    log.update({k: v for k, v in self.window.mean().items() if k[:-len(sfx)] in log})   # full_spectrum off) stays out
+    log.update(self.window.mean(keys=log))   # the keys measured now: one no longer measured (full_spectrum switched off) stays out
     self.last_step = step
     return log
 

@@ -190,18 +190,18 @@ def test_callback_measures_what_the_model_multiplies(corpus):
     assert all(bytes(row.tolist()) in val for row in cb.batch)
 
 
-
 def test_callback_without_full_spectrum_drops_only_those_metrics(tmp_path, corpus):
     "full_spectrum=False: no eff_rank (any mode) and no mean-FIM cond; every other key logged, with the full run's value."
     from fim_attention.model import GPT
     from fim_attention.probe import full_spectrum_metrics
+    from fim_attention.training import _PREFIXES
     torch.manual_seed(0)
     model = GPT(GPTConfig(**TINY))
     full, top = (FisherMetricsCallback(batch_size=2, n_rows=16, full_spectrum=f) for f in (True, False))
     full.set_batch(corpus.val, 32); top.batch = full.batch
     a, b = full.measure(model, 3), top.measure(model, 3)
     def dropped(k):
-        mode = {"fisher": "query", "fisher_meanfim": "mean", "fisher_reference": "reference"}[k.split("/")[0]]
+        mode = {p: m for m, p in _PREFIXES.items()}[k.split("/")[0]]
         return any(f"/{m}" in k for m in full_spectrum_metrics(mode))
     assert set(b) == {k for k in a if not dropped(k)} and any(dropped(k) for k in a)
     assert any(k.startswith("fisher_meanfim/") and "/cond" in k for k in a if dropped(k))   # the mean FIM's cond goes
@@ -222,6 +222,7 @@ def test_callback_without_full_spectrum_drops_only_those_metrics(tmp_path, corpu
             TrainConfig(fim_full_spectrum=bad)
         with pytest.raises(ValueError, match="full_spectrum must be True or False"):
             FisherMetricsCallback(full_spectrum=bad)
+
 
 def test_bad_inputs_leave_nothing_behind(tmp_path, corpus):
     short = tmp_path / "short.txt"
