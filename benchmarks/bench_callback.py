@@ -14,7 +14,8 @@ Two figures, both measured in one process with the two arms interleaved (medians
    (the callback does not touch the training RNG stream).
 
 Beside figure 1, the floor of one measurement from its work alone: the forward pass, the dense float64 / float32
-`eigvalsh` of every head's mean FIM and reference at T x T, and the per-query full spectra at the division bound
+`eigvalsh` of every head's mean FIM and reference at T x T (the library's `eigvalsh_f64_fallback`: at T <= 128 on one
+thread, measured faster than MKL's threads), and the per-query full spectra at the division bound
 (the kernel's pole terms, counted from its iterations, each costing one vectorised float64 division and its two
 sums, timed in a bare compiled loop on one thread and divided by the threads), against 0.2 of a step.
 
@@ -69,7 +70,7 @@ def _bare_divisions(D, W, x, reps):
 def measurement_floor(model, batch, dev, reps=5):
     "The work of one callback measurement that no implementation can skip: forward, dense solves, spectra at the division bound."
     from fim_attention import kernel
-    from fim_attention.spectrum import check_probs
+    from fim_attention.spectrum import check_probs, eigvalsh_f64_fallback
     nt = torch.get_num_threads()
     was = model.training; model.eval()
     with torch.no_grad():
@@ -79,7 +80,7 @@ def measurement_floor(model, batch, dev, reps=5):
     L = len(probs); H, T = probs[0].shape[1], probs[0].shape[-1]
     A = torch.rand(L * H, T, T, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     F64 = A + A.transpose(1, 2); F32 = F64.float()                # (L*H, T, T): the solves' cost is the shape's
-    dense = [timed(lambda: (torch.linalg.eigvalsh(F64), torch.linalg.eigvalsh(F32)), dev) for _ in range(reps)]
+    dense = [timed(lambda: (eigvalsh_f64_fallback(F64), eigvalsh_f64_fallback(F32)), dev) for _ in range(reps)]
     P = torch.cat([check_probs(p.reshape(-1, T).cpu(), normalize=True)[0] for p in probs]).contiguous().numpy()   # (rows, T)
     ok = np.ones(P.shape[0], dtype=bool)
     torch.set_num_threads(1)                                       # the kernel follows torch's thread count
@@ -168,8 +169,10 @@ def main(argv=None):
           f"(min {min(top_t) * 1e3:.1f}), {tt / st:.3f} of a step")
     print(f"   implied overhead at fim_interval={cfg.fim_interval}: {ct / (cfg.fim_interval * st):.2%}")
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    info = dict((k.strip(), v.strip()) for k, v in (l.split(":", 1) for l in open("/proc/cpuinfo").read().split("\n\n")[0].splitlines() if ":" in l))
+    cpu_id = f"family {info.get('cpu family', '?')} model {info.get('model', '?')}" + (", avx512" if "avx512f" in info.get("flags", "").split() else "")   # a VM's model name can be just "AMD EPYC"
     rec = dict(command="python benchmarks/bench_callback.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-               date_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), cpu=cpu, cores=os.cpu_count(),
+               date_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), cpu=cpu, cpu_id=cpu_id, cores=os.cpu_count(),
                threads=torch.get_num_threads(), device=str(dev), loadavg_start=load0, loadavg_end=list(os.getloadavg()),
                model=dict(n_layer=cfg.model.n_layer, n_head=cfg.model.n_head, n_embd=cfg.model.n_embd, T=cfg.model.block_size),
                batch_size=cfg.batch_size, fim_batch_size=cfg.fim_batch_size, query_rows=n_rows, fim_rows=cfg.fim_rows,

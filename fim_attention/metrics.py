@@ -267,11 +267,11 @@ def fisher_log_dict(per_head:dict[str, Tensor], # metric name -> (L, H) per-head
         if v.ndim != 2: raise ValueError(f"per_head[{name!r}] must be (L, H), got shape {tuple(v.shape)}")
         ids = list(range(v.shape[0])) if layers is None else list(layers)
         if len(ids) != v.shape[0]: raise ValueError(f"layers has {len(ids)} entries for {v.shape[0]} rows")
-        mean, std = finite_mean(v, 1), finite_std(v, 1)         # (L,)
-        for i, l in enumerate(ids):
-            for h in range(v.shape[1]): out[f"{prefix}/layer{l}/head{h}/{name}"] = float(v[i, h])
-            out[f"{prefix}/layer{l}/{name}_mean"] = float(mean[i])
-            out[f"{prefix}/layer{l}/{name}_std"] = float(std[i])
+        rows, mean, std = v.tolist(), finite_mean(v, 1).tolist(), finite_std(v, 1).tolist()   # (L, H), (L,), (L,): Python
+        for i, l in enumerate(ids):                             # floats at once, not a float(v[i, h]) per element
+            for h, x in enumerate(rows[i]): out[f"{prefix}/layer{l}/head{h}/{name}"] = x
+            out[f"{prefix}/layer{l}/{name}_mean"] = mean[i]
+            out[f"{prefix}/layer{l}/{name}_std"] = std[i]
         out[f"{prefix}/{name}_global_mean"] = float(finite_mean(v))
     return out
 

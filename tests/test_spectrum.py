@@ -487,3 +487,36 @@ def test_normalize_scale_invariance_and_mean_fim():
     got = mean_fim_eigvalsh(P32, normalize=True).double()
     top = want > 1e-6 * want[..., :1]
     assert (((got - want).abs() / want)[top] < 1e-6).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [6, 128])
+def test_small_dense_eigvalsh_independent_of_threads(dtype, n):
+    "Regression: MKL's threaded solve made the mean FIM's and the reference's eigenvalues depend on the thread count (9e-14)."
+    from fim_attention.spectrum import eigvalsh_f64_fallback
+    A = torch.randn(5, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n)); A = (A + A.mT).to(dtype)
+    nt = torch.get_num_threads()
+    try:
+        got = {}
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            got[t] = (eigvalsh_f64_fallback(A), eigvalsh_f64_fallback(A[0]))
+            assert torch.get_num_threads() == t                                   # the caller's setting put back
+    finally: torch.set_num_threads(nt)
+    assert all(torch.equal(a, b) for a, b in zip(got[1], got[2]))
+    assert torch.equal(got[1][1], got[1][0][0])                                  # a single matrix as in a batch
+    tol = 64 * torch.finfo(dtype).eps * float(got[1][0].abs().max())
+    torch.testing.assert_close(got[1][0], torch.linalg.eigvalsh(A), rtol=0, atol=tol)
+
+
+def test_small_dense_eigvalsh_restores_threads_on_error():
+    "A float64 LAPACK failure propagates, and torch's thread count is put back."
+    from fim_attention.spectrum import eigvalsh_f64_fallback
+    A = torch.full((2, 8, 8), math.nan, dtype=torch.float64)
+    nt = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(torch.linalg.LinAlgError):
+            eigvalsh_f64_fallback(A)
+        assert torch.get_num_threads() == 2
+    finally: torch.set_num_threads(nt)
