@@ -578,7 +578,7 @@ def _on_one_thread(A:Tensor, solve)->Tensor:
     "`solve(A)`, with torch (and so MKL) on one thread while it runs when A holds small CPU matrices (order <= 128)."
     nt = torch.get_num_threads()
     if A.device.type != "cpu" or nt < 2 or A.shape[-1] > _ONE_THREAD_MAX_N: return solve(A)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)                    # process-wide: torch work in another Python thread meanwhile runs on one too
     try: return solve(A)
     finally: torch.set_num_threads(nt)
 
