@@ -14,8 +14,8 @@ Two figures, both measured in one process with the two arms interleaved (medians
    (the callback does not touch the training RNG stream).
 
 Beside figure 1, the floor of one measurement from its work alone: the forward pass, the dense float64 / float32
-`eigvalsh` of every head's mean FIM and reference at T x T (the library's `eigvalsh_f64_fallback`: at T <= 128 on one
-thread, measured faster than MKL's threads), and the per-query full spectra at the division bound
+`eigvalsh` of every head's mean FIM and reference at T x T (the library's `eigvalsh_f64_fallback`, which solves T <= 128
+on one thread), and the per-query full spectra at the division bound
 (the kernel's pole terms, counted from its iterations, each costing one vectorised float64 division and its two
 sums, timed in a bare compiled loop on one thread and divided by the threads), against 0.2 of a step.
 
@@ -168,8 +168,8 @@ def main(argv=None):
     print(f"   without the full-spectrum metrics (full_spectrum=False: no eff_rank, no mean-FIM cond): median {tt * 1e3:.1f} ms "
           f"(min {min(top_t) * 1e3:.1f}), {tt / st:.3f} of a step")
     print(f"   implied overhead at fim_interval={cfg.fim_interval}: {ct / (cfg.fim_interval * st):.2%}")
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     info = dict((k.strip(), v.strip()) for k, v in (l.split(":", 1) for l in open("/proc/cpuinfo").read().split("\n\n")[0].splitlines() if ":" in l))
+    cpu = info.get("model name") or platform.processor()
     cpu_id = f"family {info.get('cpu family', '?')} model {info.get('model', '?')}" + (", avx512" if "avx512f" in info.get("flags", "").split() else "")   # a VM's model name can be just "AMD EPYC"
     rec = dict(command="python benchmarks/bench_callback.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
                date_utc=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), cpu=cpu, cpu_id=cpu_id, cores=os.cpu_count(),

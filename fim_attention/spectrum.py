@@ -561,31 +561,28 @@ def _kernel_eigvalsh(p, k, normalize, valid, max_bytes, max_iter):
     return out.reshape(*p.shape[:-1], k)
 
 # %% ../nbs/01_spectrum.ipynb #412565f7
-def _eigvalsh_part(A:Tensor)->Tensor:
-    "`torch.linalg.eigvalsh` of a (B, n, n) batch, each matrix that fails to converge solved again in float64."
+def _eigvalsh_with_fallback(A:Tensor)->Tensor:
+    "`torch.linalg.eigvalsh`, with each matrix that fails to converge solved again in float64."
     try: return torch.linalg.eigvalsh(A)
     except torch.linalg.LinAlgError:
         if A.dtype == torch.float64: raise                                      # nothing wider to fall back to
+    flat = A.reshape(-1, *A.shape[-2:])
     out = []
-    for M in A:
+    for M in flat:
         try: out.append(torch.linalg.eigvalsh(M))
         except torch.linalg.LinAlgError: out.append(torch.linalg.eigvalsh(M.double()).to(A.dtype))
-    return torch.stack(out) if out else A.new_zeros(A.shape[:-1])
+    return torch.stack(out).reshape(A.shape[:-1]) if out else A.new_zeros(A.shape[:-1])
 
-_ONE_THREAD_MAX_N = 128   # matrices up to this order: LAPACK on one thread (measured: see the text)
-
-def _on_one_thread(A:Tensor, solve)->Tensor:
-    "`solve(A)`, with torch (and so MKL) on one thread while it runs when A holds small CPU matrices (order <= 128)."
-    nt = torch.get_num_threads()
-    if A.device.type != "cpu" or nt < 2 or A.shape[-1] > _ONE_THREAD_MAX_N: return solve(A)
-    torch.set_num_threads(1)                    # process-wide: torch work in another Python thread meanwhile runs on one too
-    try: return solve(A)
-    finally: torch.set_num_threads(nt)
+_ONE_THREAD_MAX_N = 128   # CPU matrices up to this order: LAPACK on one thread (see the text)
 
 def eigvalsh_f64_fallback(A:Tensor, # (..., n, n) symmetric matrices
                          )->Tensor: # (..., n) ascending eigenvalues in A's dtype
     "`torch.linalg.eigvalsh`, with each matrix that fails to converge solved again in float64; small CPU matrices on one thread."
-    return _on_one_thread(A, lambda X: _eigvalsh_part(X.reshape(-1, *X.shape[-2:])).reshape(X.shape[:-1]))
+    nt = torch.get_num_threads()
+    if A.device.type != "cpu" or nt < 2 or A.shape[-1] > _ONE_THREAD_MAX_N: return _eigvalsh_with_fallback(A)
+    torch.set_num_threads(1)                    # process-wide: torch work in another Python thread meanwhile runs on one too
+    try: return _eigvalsh_with_fallback(A)
+    finally: torch.set_num_threads(nt)
 
 # %% ../nbs/01_spectrum.ipynb #bf0a32ff
 def fim_eigvalsh(p:Tensor, # (..., T) attention probabilities along the last dim
